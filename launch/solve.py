@@ -6,18 +6,13 @@ evaluated on the same sample of S (``trained_model``: loss, difference, ratio). 
 invalid config.
 """
 
-import json
-import os
-
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
 from launch import cli
-from looped_icl import config_lib
 from looped_icl import solver
-from looped_icl import train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -26,12 +21,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def solve(config, workdir: str) -> dict:
-  exp = config_lib.from_config(config)
-  result = solver.solve_population_optimum(
-      exp, trained_params=train.load_trained_params(exp, workdir))
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "optimum.json"), "w") as f:
-    json.dump(result, f, indent=2)
+  result = solver.solve_into_workdir(config, workdir)
   logging.info("population optimum loss %.6g +- %.2g (restarts %s) -> %s/optimum.json",
                result["loss"], result["loss_stderr"], result["restart_losses"], workdir)
   if "trained_model" in result:

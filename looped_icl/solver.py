@@ -10,6 +10,8 @@ standard error are re-measured on an independent sample of S.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +24,8 @@ from looped_icl import losses
 from looped_icl import models
 from looped_icl import tasks as tasks_lib
 from looped_icl import theory
+from looped_icl import train
+from looped_icl import validation
 
 RESTART_INIT_SCALE = 0.3
 
@@ -47,8 +51,64 @@ def _restart_params(key: jax.Array, model: models.ModelConfig, cov) -> dict:
   return out
 
 
+CONSTRAINTS = ("general", "symmetric", "isotropic")
+
+
+def _constrain(params: dict, constraint: str) -> dict:
+  """Maps free parameters onto the constraint set: A (and B) symmetric, or multiples of I."""
+  if constraint == "general":
+    return params
+  out = dict(params)
+  for name in ("a", "b"):
+    if name not in params:
+      continue
+    m = params[name]
+    if constraint == "symmetric":
+      out[name] = (m + jnp.swapaxes(m, -1, -2)) / 2
+    else:
+      d = m.shape[-1]
+      scale = jnp.trace(m, axis1=-2, axis2=-1) / d
+      out[name] = scale[..., None, None] * jnp.eye(d, dtype=m.dtype)
+  return out
+
+
+def minimize_population_loss(model: models.ModelConfig, task: tasks_lib.TaskDistribution,
+                             s_fit_SxDxD: jax.Array, *, restarts: int = 4, max_iters: int = 500,
+                             restart_seed: int = 0, constraint: str = "general"):
+  """L-BFGS (float64) on the exact population loss over the fixed samples ``s_fit_SxDxD``.
+
+  Call under ``jax.enable_x64(True)`` with a float64 task. ``constraint`` restricts A (and GD++'s
+  B): ``general`` (free d x d), ``symmetric`` ((M + M^T)/2 of a free M) or ``isotropic`` (c I;
+  for Sigma != I this is the best multiple of the identity, not of Sigma^-1).
+
+  Returns:
+    (params, runs): the best restart's (constrained) params and scipy's result of every restart.
+  """
+  validation.choice("constraint", constraint, CONSTRAINTS)
+  template = _restart_params(jax.random.key(0), model, task.cov)
+  _, unravel = ravel_pytree(template)
+  value_and_grad = jax.jit(jax.value_and_grad(
+      lambda flat: losses.population_loss(_constrain(unravel(flat), constraint), model, task,
+                                          s_fit_SxDxD)))
+
+  def fun(flat):
+    value, grad = value_and_grad(jnp.asarray(flat))
+    return float(value), np.asarray(grad, np.float64)
+
+  runs = []
+  for r in range(restarts):
+    restart_key = jax.random.fold_in(jax.random.key(restart_seed), r)
+    x0, _ = ravel_pytree(_restart_params(restart_key, model, task.cov))
+    runs.append(scipy.optimize.minimize(fun, np.asarray(x0), jac=True, method="L-BFGS-B",
+                                        options={"maxiter": max_iters, "ftol": 1e-15,
+                                                 "gtol": 1e-10, "maxcor": 30}))
+  best = min(runs, key=lambda res: res.fun)
+  return _constrain(unravel(jnp.asarray(best.x)), constraint), runs
+
+
 def solve_population_optimum(exp: config_lib.Experiment, key: jax.Array | None = None, *,
-                             restart_seed: int = 0, trained_params=None) -> dict:
+                             restart_seed: int = 0, trained_params=None,
+                             constraint: str = "general") -> dict:
   """Minimises the exact population loss; returns the JSON-ready result (see module doc).
 
   Args:
@@ -58,6 +118,8 @@ def solve_population_optimum(exp: config_lib.Experiment, key: jax.Array | None =
     trained_params: optional params of a trained model of the same family; its loss is measured
       on the same independent sample of S as the optimum's (a paired comparison, under the key
       ``trained_model``: loss, difference to the optimum with its standard error, ratio).
+    constraint: ``general`` | ``symmetric`` | ``isotropic`` (see
+      :func:`minimize_population_loss`).
   """
   model, sc = exp.model, exp.solver
   if model.parametrization not in losses.POPULATION_FAMILIES or model.activation != "linear":
@@ -70,26 +132,10 @@ def solve_population_optimum(exp: config_lib.Experiment, key: jax.Array | None =
     task = _task64(exp.task)
     s_fit = tasks_lib.sample_empirical_covariance(jax.random.fold_in(key, 0), task, sc.samples)
     s_test = tasks_lib.sample_empirical_covariance(jax.random.fold_in(key, 1), task, sc.samples)
-    template = _restart_params(jax.random.key(0), model, task.cov)
-    _, unravel = ravel_pytree(template)
-
-    value_and_grad = jax.jit(jax.value_and_grad(
-        lambda flat: losses.population_loss(unravel(flat), model, task, s_fit)))
-
-    def fun(flat):
-      value, grad = value_and_grad(jnp.asarray(flat))
-      return float(value), np.asarray(grad, np.float64)
-
-    runs = []
-    for r in range(sc.restarts):
-      restart_key = jax.random.fold_in(jax.random.key(restart_seed), r)
-      x0, _ = ravel_pytree(_restart_params(restart_key, model, task.cov))
-      res = scipy.optimize.minimize(fun, np.asarray(x0), jac=True, method="L-BFGS-B",
-                                    options={"maxiter": sc.max_iters, "ftol": 1e-15,
-                                             "gtol": 1e-10, "maxcor": 30})
-      runs.append(res)
+    params, runs = minimize_population_loss(model, task, s_fit, restarts=sc.restarts,
+                                            max_iters=sc.max_iters, restart_seed=restart_seed,
+                                            constraint=constraint)
     best = min(runs, key=lambda res: res.fun)
-    params = unravel(jnp.asarray(best.x))
     per_sample = np.asarray(losses.population_loss_samples(params, model, task, s_test),
                             np.float64)[:, -1]
     a_eff = np.asarray(theory.effective_preconditioners(params, model))
@@ -119,4 +165,17 @@ def solve_population_optimum(exp: config_lib.Experiment, key: jax.Array | None =
       }
     if model.parametrization == "gdpp":
       result["b_matrices"] = np.asarray(params["b"]).reshape(-1, model.d, model.d).tolist()
+  return result
+
+
+def solve_into_workdir(config, workdir: str) -> dict:
+  """Validates ``config``, solves, writes ``workdir/optimum.json`` (what ``launch.solve`` runs).
+
+  A model trained with the same config in ``workdir`` is compared on the same samples of S.
+  """
+  exp = config_lib.from_config(config)
+  result = solve_population_optimum(exp, trained_params=train.load_trained_params(exp, workdir))
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "optimum.json"), "w") as f:
+    json.dump(result, f, indent=2)
   return result

@@ -2,7 +2,9 @@
 
 ``train_and_evaluate(config, workdir)`` writes into ``workdir``:
   config.json      the config as given (validated first; a bad field raises ValueError)
-  metrics.jsonl    one JSON object per logged step
+  metrics.jsonl    one JSON object per logged step: mean and last loss of the chunk, the last
+                   step's gradient norm, learning rate, steps/s, wall time, and (linear models)
+                   per-layer Dist(A_l, I) and whitened Dist of the effective preconditioners
   checkpoints/     orbax checkpoints of {params, opt_state} (atomic, last k kept)
   summary.json     final evaluation (see :mod:`looped_icl.evaluate`)
   figures/*.png    loss curve, learned preconditioners vs Sigma^-1, loss vs loops
@@ -32,6 +34,7 @@ from looped_icl import losses
 from looped_icl import models
 from looped_icl import optim
 from looped_icl import tasks as tasks_lib
+from looped_icl import theory
 
 
 class TrainingDiverged(FloatingPointError):
@@ -69,7 +72,10 @@ def make_objective(exp: config_lib.Experiment):
 
 def make_train_chunk(exp: config_lib.Experiment, optimizer: optax.GradientTransformation,
                      data_key: jax.Array):
-  """A jitted ``chunk(params, opt_state, steps_K) -> (params, opt_state, losses_K)``."""
+  """A jitted ``chunk(params, opt_state, steps_K) -> (params, opt_state, losses_K, grad_norms_K)``.
+
+  ``grad_norms_K`` are the global norms of the raw (unclipped) gradients of each step.
+  """
   objective = make_objective(exp)
   resample_every = exp.train.resample_every
 
@@ -78,13 +84,34 @@ def make_train_chunk(exp: config_lib.Experiment, optimizer: optax.GradientTransf
     key = step_data_key(data_key, step, resample_every)
     loss, grads = jax.value_and_grad(objective)(params, key)
     updates, opt_state = optimizer.update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), opt_state), loss
+    return (optax.apply_updates(params, updates), opt_state), (loss, optax.tree.norm(grads))
 
   def chunk(params, opt_state, steps_K):
-    (params, opt_state), losses_K = jax.lax.scan(train_step, (params, opt_state), steps_K)
-    return params, opt_state, losses_K
+    (params, opt_state), (losses_K, grad_norms_K) = jax.lax.scan(
+        train_step, (params, opt_state), steps_K)
+    return params, opt_state, losses_K, grad_norms_K
 
   return jax.jit(chunk, donate_argnums=(0, 1))
+
+
+def make_alignment_metrics(exp: config_lib.Experiment):
+  """params -> {dist_to_identity, dist_to_identity_whitened}: per-layer lists, logged each row.
+
+  Dist(A_l, I) and Dist(Sigma^1/2 A_l Sigma^1/2, I) of the effective preconditioners (Ahn et
+  al.'s Fig. 1-2 metric), for linear models; an empty dict otherwise.
+  """
+  model = exp.model
+  if model.activation != "linear":
+    return lambda params: {}
+
+  def alignment(params):
+    a_eff = theory.effective_preconditioners(params, model)
+    whitened = theory.whiten_preconditioner(a_eff, exp.task.cov)
+    return {"dist_to_identity": np.asarray(theory.dist_to_identity(a_eff), np.float64).tolist(),
+            "dist_to_identity_whitened": np.asarray(theory.dist_to_identity(whitened),
+                                                    np.float64).tolist()}
+
+  return alignment
 
 
 def _all_finite(tree) -> bool:
@@ -122,13 +149,14 @@ def train(exp: config_lib.Experiment, workdir: str):
     f.writelines(json.dumps(r) + "\n" for r in history)
 
   chunk = make_train_chunk(exp, optimizer, keys["data"])
+  alignment = make_alignment_metrics(exp)
   step, t_start = start, time.perf_counter()
   with open(metrics_path, "a") as metrics_file:
     while step < tc.steps:
       length = min(tc.log_every - step % tc.log_every, tc.steps - step)
       t0 = time.perf_counter()
-      params, opt_state, losses_K = chunk(state["params"], state["opt_state"],
-                                          jnp.arange(step, step + length))
+      params, opt_state, losses_K, grad_norms_K = chunk(
+          state["params"], state["opt_state"], jnp.arange(step, step + length))
       losses_K = np.asarray(losses_K)
       if not (np.all(np.isfinite(losses_K)) and _all_finite(params)):
         bad = int(np.argmax(~np.isfinite(losses_K))) if not np.all(np.isfinite(losses_K)) else (
@@ -146,8 +174,9 @@ def train(exp: config_lib.Experiment, workdir: str):
       elapsed = time.perf_counter() - t_start
       steps_per_s = length / max(time.perf_counter() - t0, 1e-9)
       row = {"step": step, "loss": float(np.mean(losses_K)), "last_loss": float(losses_K[-1]),
-             "learning_rate": float(schedule(step - 1)), "steps_per_s": steps_per_s,
-             "wall_time_s": elapsed}
+             "grad_norm": float(grad_norms_K[-1]), "learning_rate": float(schedule(step - 1)),
+             "steps_per_s": steps_per_s, "wall_time_s": elapsed}
+      row.update(alignment(params))
       if tc.mode == "gradient_flow":
         row["flow_time"] = step * tc.learning_rate
       metrics_file.write(json.dumps(row) + "\n")

@@ -1,0 +1,192 @@
+"""What every reproduction shares: sub-runs through the library, CSV/JSON tables, line figures.
+
+A reproduction is a function ``run(ctx) -> dict`` (see :mod:`looped_icl.reproduce`). It trains and
+solves through the same library functions as ``launch.train`` / ``launch.solve``
+(:func:`train_run`, :func:`solve_run`), each sub-run in ``ctx.workdir/runs/NAME`` with the usual
+workdir contract (so an interrupted reproduction resumes, and a finished sub-run is reused), and
+writes its tables (``*.csv``), figures (``*.png``) and headline numbers (``results.json``) to
+``ctx.workdir``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+import ml_collections
+import numpy as np
+
+from looped_icl import config_lib
+from looped_icl import solver
+from looped_icl import train
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+  """Where a reproduction writes, and whether it is the ``--quick`` (<= 2 min, 2 cores) version."""
+  workdir: str
+  quick: bool = False
+
+  def run_dir(self, name: str) -> str:
+    return os.path.join(self.workdir, "runs", name)
+
+  def path(self, filename: str) -> str:
+    os.makedirs(self.workdir, exist_ok=True)
+    return os.path.join(self.workdir, filename)
+
+
+def load_config(name: str, ctx: Context, arg: str = "") -> ml_collections.ConfigDict:
+  """``configs/NAME.py`` with ``arg`` (and ``quick`` added for a quick reproduction)."""
+  args = [a for a in (arg, "quick" if ctx.quick else "") if a]
+  return config_lib.load(f"{name}:{','.join(args)}" if args else name)
+
+
+def read_metrics(run_dir: str) -> list[dict]:
+  with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def train_run(ctx: Context, name: str, config: ml_collections.ConfigDict):
+  """Trains ``config`` in ``runs/NAME`` (reused if finished); returns (summary, history, params)."""
+  run_dir = ctx.run_dir(name)
+  summary_path = os.path.join(run_dir, "summary.json")
+  exp = config_lib.from_config(config)
+  if os.path.exists(summary_path) and _same_config(run_dir, config):
+    with open(summary_path) as f:
+      summary = json.load(f)
+  else:
+    summary = train.train_and_evaluate(config, run_dir)
+  return summary, read_metrics(run_dir), train.load_trained_params(exp, run_dir)
+
+
+def solve_run(ctx: Context, name: str, config: ml_collections.ConfigDict) -> dict:
+  """The population optimum of ``config`` in ``runs/NAME/optimum.json`` (reused if present).
+
+  A model trained in the same run directory is compared on the same samples (``trained_model``).
+  """
+  run_dir = ctx.run_dir(name)
+  path = os.path.join(run_dir, "optimum.json")
+  if os.path.exists(path) and _same_config(run_dir, config, filename="optimum_config.json"):
+    with open(path) as f:
+      return json.load(f)
+  result = solver.solve_into_workdir(config, run_dir)
+  with open(os.path.join(run_dir, "optimum_config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+  return result
+
+
+def _same_config(run_dir: str, config, filename: str = "config.json") -> bool:
+  path = os.path.join(run_dir, filename)
+  if not os.path.exists(path):
+    return False
+  with open(path) as f:
+    return json.load(f) == json.loads(config.to_json_best_effort())
+
+
+def write_csv(ctx: Context, filename: str, rows: Sequence[Mapping]) -> str:
+  """One row per mapping; the header is the union of keys in first-seen order."""
+  header: list[str] = []
+  for row in rows:
+    header.extend(k for k in row if k not in header)
+  path = ctx.path(filename)
+  with open(path, "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=header)
+    writer.writeheader()
+    for row in rows:
+      writer.writerow({k: _cell(v) for k, v in row.items()})
+  return path
+
+
+def _cell(value):
+  if isinstance(value, (float, np.floating)):
+    return repr(float(value))
+  if isinstance(value, (np.integer,)):
+    return int(value)
+  return value
+
+
+def read_csv(path: str) -> list[dict]:
+  """Rows of a CSV written by :func:`write_csv`, numbers parsed back to float/int."""
+  with open(path, newline="") as f:
+    return [{k: _parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _parse(value: str):
+  for cast in (int, float):
+    try:
+      return cast(value)
+    except ValueError:
+      pass
+  return value
+
+
+def write_results(ctx: Context, results: dict) -> dict:
+  """Writes ``results.json`` (headline numbers, JSON-ready) and returns it."""
+  with open(ctx.path("results.json"), "w") as f:
+    json.dump(_jsonable(results), f, indent=2)
+  return results
+
+
+def _jsonable(x):
+  if isinstance(x, Mapping):
+    return {str(k): _jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_jsonable(v) for v in x]
+  if isinstance(x, (np.ndarray, np.generic)):
+    return _jsonable(np.asarray(x).tolist())
+  if isinstance(x, float) and not math.isfinite(x):
+    return str(x)
+  return x
+
+
+@dataclasses.dataclass(frozen=True)
+class Series:
+  """One line of a :func:`line_figure` panel."""
+  label: str
+  x: Sequence[float]
+  y: Sequence[float]
+  style: str = "o-"
+
+
+@dataclasses.dataclass(frozen=True)
+class Panel:
+  """One axes of a :func:`line_figure`: lines, axis labels and scales, optional reference lines."""
+  series: Sequence[Series]
+  xlabel: str
+  ylabel: str
+  title: str = ""
+  logx: bool = False
+  logy: bool = False
+  hlines: Mapping[str, float] = dataclasses.field(default_factory=dict)
+
+
+def line_figure(ctx: Context, filename: str, panels: Sequence[Panel], suptitle: str = "") -> str:
+  """A row of line-plot panels saved as PNG in ``ctx.workdir``; returns the path."""
+  fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4), squeeze=False)
+  for ax, panel in zip(axes[0], panels):
+    for s in panel.series:
+      ax.plot(np.asarray(s.x, float), np.asarray(s.y, float), s.style, label=s.label, ms=4)
+    for i, (label, value) in enumerate(panel.hlines.items()):
+      ax.axhline(value, ls="--", lw=1, color=f"C{(i + len(panel.series)) % 10}", label=label)
+    ax.set_xscale("log" if panel.logx else "linear")
+    ax.set_yscale("log" if panel.logy else "linear")
+    ax.set_xlabel(panel.xlabel)
+    ax.set_ylabel(panel.ylabel)
+    if panel.title:
+      ax.set_title(panel.title, fontsize=10)
+    ax.legend(fontsize=7)
+  if suptitle:
+    fig.suptitle(suptitle, fontsize=11)
+  fig.tight_layout()
+  path = ctx.path(filename)
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
