@@ -68,7 +68,7 @@ def _constrain(params: dict, constraint: str) -> dict:
     else:
       d = m.shape[-1]
       scale = jnp.trace(m, axis1=-2, axis2=-1) / d
-      out[name] = scale[..., None, None] * jnp.eye(d, dtype=m.dtype)
+      out[name] = scale[..., None, None] * jnp.broadcast_to(jnp.eye(d, dtype=m.dtype), m.shape)
   return out
 
 

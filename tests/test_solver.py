@@ -81,3 +81,59 @@ def test_solver_compares_a_trained_model_on_the_same_sample(single_layer):
   again = solver.solve_population_optimum(exp, key, trained_params=optimum)
   assert abs(again["trained_model"]["loss_minus_optimum"]) < 1e-9 * again["loss"]
   np.testing.assert_allclose(again["trained_model"]["ratio"], 1.0, rtol=1e-9)
+
+
+@pytest.fixture(scope="module")
+def constrained_single_layer():
+  """Single-layer optima under each constraint, and the fit samples' statistics (S_bar, K)."""
+  exp = _single_layer_experiment(samples=4000)
+  key = jax.random.key(11)
+  results = {c: solver.solve_population_optimum(exp, key, constraint=c)
+             for c in solver.CONSTRAINTS}
+  with jax.enable_x64(True):
+    task = solver._task64(exp.task)  # pylint: disable=protected-access
+    s = np.asarray(tasks.sample_empirical_covariance(jax.random.fold_in(key, 0), task,
+                                                     exp.solver.samples))
+  s_bar = s.mean(0)
+  k = np.einsum("sij,sjk->ik", s, s) / s.shape[0] + 0.5**2 / exp.task.n * s_bar
+  return exp, results, s_bar, k
+
+
+def test_symmetric_constraint_finds_the_exact_constrained_minimiser(constrained_single_layer):
+  """At L = 1 the sample loss is tr(Sigma A^T K A) - 2 tr(Sigma A^T S_bar) + const (Sigma_w = I),
+  so over symmetric A the minimiser solves sym(K A Sigma - S_bar Sigma) = 0: a linear system in
+  the d(d+1)/2 free entries, solved here with numpy."""
+  exp, results, s_bar, k = constrained_single_layer
+  sigma = np.asarray(exp.task.cov, np.float64)
+  d = exp.task.d
+  basis = []
+  for i in range(d):
+    for j in range(i, d):
+      e = np.zeros((d, d))
+      e[i, j] = e[j, i] = 1.0
+      basis.append(e)
+  gram = np.array([[np.sum(bi * (k @ bj @ sigma)) for bj in basis] for bi in basis])
+  rhs = np.array([np.sum(bi * (s_bar @ sigma)) for bi in basis])
+  a_sym = np.einsum("k,kij->ij", np.linalg.solve(gram, rhs), np.array(basis))
+  a = np.asarray(results["symmetric"]["preconditioners"][0])
+  np.testing.assert_allclose(a, a.T, atol=1e-12)
+  np.testing.assert_allclose(a, a_sym, rtol=0, atol=1e-6 * np.abs(a_sym).max())
+
+
+def test_isotropic_constraint_finds_the_best_multiple_of_identity(constrained_single_layer):
+  """Over A = c I the loss is c^2 tr(K Sigma) - 2 c tr(S_bar Sigma) + const: c* = ratio."""
+  exp, results, s_bar, k = constrained_single_layer
+  sigma = np.asarray(exp.task.cov, np.float64)
+  c_star = np.trace(s_bar @ sigma) / np.trace(k @ sigma)
+  a = np.asarray(results["isotropic"]["preconditioners"][0])
+  np.testing.assert_allclose(a, c_star * np.eye(exp.task.d), rtol=1e-6, atol=1e-12)
+
+
+def test_constraints_only_cost_loss(constrained_single_layer):
+  """Nested families: general <= symmetric <= isotropic on the fit sample (up to L-BFGS tol)."""
+  _, results, _, _ = constrained_single_layer
+  fit = {c: r["fit_loss"] for c, r in results.items()}
+  assert fit["general"] <= fit["symmetric"] * (1 + 1e-9)
+  assert fit["symmetric"] <= fit["isotropic"] * (1 + 1e-9)
+  with pytest.raises(ValueError, match="^constraint must be one of"):
+    solver.solve_population_optimum(_single_layer_experiment(100), constraint="diagonal")

@@ -11,6 +11,9 @@ import pytest
 
 from looped_icl import checkpointing
 from looped_icl import config_lib
+from looped_icl import losses
+from looped_icl import models
+from looped_icl import tasks
 from looped_icl import theory
 from looped_icl import train
 
@@ -48,7 +51,10 @@ def test_workdir_contract(tmp_path):
   with open(tmp_path / "metrics.jsonl") as f:
     rows = [json.loads(line) for line in f]
   assert [r["step"] for r in rows] == [10, 20, 30, 40]
-  assert all({"loss", "steps_per_s", "learning_rate"} <= set(r) for r in rows)
+  assert all({"loss", "steps_per_s", "learning_rate", "grad_norm"} <= set(r) for r in rows)
+  # The last row's Dist of the effective preconditioner is the final model's (as in the summary).
+  np.testing.assert_allclose(rows[-1]["dist_to_identity_whitened"],
+                             summary["dist_to_identity_whitened"], rtol=1e-5)
   with open(tmp_path / "summary.json") as f:
     saved = json.load(f)
   assert saved == json.loads(json.dumps(summary))
@@ -69,6 +75,27 @@ def test_workdir_contract(tmp_path):
     path = tmp_path / "figures" / f"{name}.png"
     with open(path, "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_logged_grad_norm_is_the_raw_gradient_norm_of_the_step(tmp_path):
+  """Gradient-flow mode has a fixed objective: the first logged grad_norm (log_every=1) must be
+  ||grad f(params_0)|| on the training sample of S, recomputed here from the documented keys."""
+  config = config_lib.load("gatmiry_looped:quick")
+  config.train.steps = 2
+  config.train.log_every = 1
+  config.train.checkpoint_every = 1
+  config.train.batch_size = 256
+  exp = config_lib.from_config(config)
+  _, history = train.train(exp, str(tmp_path))
+  keys = train.root_keys(exp.seed)
+  s = tasks.sample_empirical_covariance(
+      train.step_data_key(keys["data"], jax.numpy.asarray(0), 0), exp.task, 256)
+  params0 = models.init_params(keys["init"], exp.model)
+  grads = jax.grad(losses.population_loss)(params0, exp.model, exp.task, s)
+  expected = np.sqrt(sum(float(np.sum(np.asarray(g, np.float64)**2))
+                         for g in jax.tree.leaves(grads)))
+  np.testing.assert_allclose(history[0]["grad_norm"], expected, rtol=1e-4)
+  assert history[1]["grad_norm"] != history[0]["grad_norm"]
 
 
 def test_resume_is_bit_exact(tmp_path, monkeypatch):
