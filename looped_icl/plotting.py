@@ -2,26 +2,33 @@
 
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
+from matplotlib.figure import Figure
 
 _BASELINE_STYLES = {"gd": "tab:orange", "pgd_inv_cov": "tab:green", "ols": "tab:gray",
                     "ridge": "tab:purple", "newton": "tab:brown"}
 
 
-def _save(fig, path: str) -> str:
+def new_figure(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float]):
+  """(fig, axes 2-D array) without pyplot: no global backend switch, no figure registry, so
+  importing or plotting never changes a notebook's inline backend."""
+  fig = Figure(figsize=figsize)
+  return fig, fig.subplots(nrows, ncols, squeeze=False)
+
+
+def save(fig: Figure, path: str) -> str:
+  """Saves ``fig`` as PNG (Agg canvas) and returns ``path``."""
   fig.tight_layout()
   fig.savefig(path, dpi=110)
-  plt.close(fig)
   return path
+
+
 
 
 def loss_curve(path: str, history: list[dict], summary: dict | None = None) -> str:
   """Training loss vs step (log scale), with the baselines as horizontal lines."""
-  fig, ax = plt.subplots(figsize=(6, 4))
+  fig, axes = new_figure(figsize=(6, 4))
+  ax = axes[0, 0]
   lo, hi = 0.0, np.inf
   if history:
     train_losses = np.asarray([r["loss"] for r in history])
@@ -39,12 +46,13 @@ def loss_curve(path: str, history: list[dict], summary: dict | None = None) -> s
   ax.set_ylabel("in-context loss")
   ax.legend(fontsize=8)
   ax.set_title("training")
-  return _save(fig, path)
+  return save(fig, path)
 
 
 def loss_vs_loops(path: str, summary: dict, trained_loops: int, kind: str) -> str:
   """Evaluation loss after each layer/loop; the trained depth is marked."""
-  fig, ax = plt.subplots(figsize=(6, 4))
+  fig, axes = new_figure(figsize=(6, 4))
+  ax = axes[0, 0]
   mc = summary["loss_vs_loops"]
   ax.semilogy(np.arange(1, len(mc) + 1), mc, "o-", label="model (MC)")
   if "population_loss_vs_loops" in summary:
@@ -54,7 +62,7 @@ def loss_vs_loops(path: str, summary: dict, trained_loops: int, kind: str) -> st
   ax.set_xlabel("loops" if kind == "looped" else "layer")
   ax.set_ylabel("in-context loss")
   ax.legend(fontsize=8)
-  return _save(fig, path)
+  return save(fig, path)
 
 
 def preconditioners(path: str, a_LxDxD, cov) -> str:
@@ -62,7 +70,7 @@ def preconditioners(path: str, a_LxDxD, cov) -> str:
   a = np.asarray(a_LxDxD, np.float64)
   inv = np.linalg.inv(np.asarray(cov, np.float64))
   num = a.shape[0]
-  fig, axes = plt.subplots(1, num + 1, figsize=(3 * (num + 1), 3), squeeze=False)
+  fig, axes = new_figure(1, num + 1, figsize=(3 * (num + 1), 3))
   for i in range(num):
     lim = np.abs(a[i]).max() or 1.0
     im = axes[0, i].imshow(a[i], cmap="RdBu_r", vmin=-lim, vmax=lim)
@@ -77,4 +85,4 @@ def preconditioners(path: str, a_LxDxD, cov) -> str:
   for ax in axes[0]:
     ax.set_xticks([])
     ax.set_yticks([])
-  return _save(fig, path)
+  return save(fig, path)

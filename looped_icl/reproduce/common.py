@@ -17,14 +17,11 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import ml_collections
 import numpy as np
 
 from looped_icl import config_lib
+from looped_icl import plotting
 from looped_icl import solver
 from looped_icl import train
 
@@ -170,7 +167,7 @@ class Panel:
 
 def line_figure(ctx: Context, filename: str, panels: Sequence[Panel], suptitle: str = "") -> str:
   """A row of line-plot panels saved as PNG in ``ctx.workdir``; returns the path."""
-  fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4), squeeze=False)
+  fig, axes = plotting.new_figure(1, len(panels), figsize=(5.2 * len(panels), 4))
   for ax, panel in zip(axes[0], panels):
     for s in panel.series:
       ax.plot(np.asarray(s.x, float), np.asarray(s.y, float), s.style, label=s.label, ms=4)
@@ -185,8 +182,4 @@ def line_figure(ctx: Context, filename: str, panels: Sequence[Panel], suptitle: 
     ax.legend(fontsize=7)
   if suptitle:
     fig.suptitle(suptitle, fontsize=11)
-  fig.tight_layout()
-  path = ctx.path(filename)
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return plotting.save(fig, ctx.path(filename))
