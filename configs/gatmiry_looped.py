@@ -1,32 +1,44 @@
 r"""Gatmiry et al. 2024: a looped layer trained by gradient flow learns L steps of preconditioned GD
 with a preconditioner near Sigma^{-1}.
 
-Looped preconditioner model, L = 4 (``:L=K`` picks another), d = 5, n = 20, rotated Sigma with
-spectrum (1, 1, 1/4, 1/16, 1), w* ~ N(0, I). Gradient-flow mode: plain GD with a small step on
-the exact population objective over one fixed sample of S (metrics.jsonl logs flow_time).
+Looped preconditioner model, L = 4 (``:L=K`` picks another), d = 5, n = 20 (``:n=K``), rotated
+Sigma with spectrum (1, 1, 1/4, 1/16, 1), w* ~ N(0, I). Gradient-flow mode: plain GD on the
+exact population objective over one fixed sample of 1024 S (metrics.jsonl logs flow_time). The
+step is min(0.1, 0.4 / L) (from A = 0 the first step moves A by about 2 L lr, so a larger step
+overshoots for L >= 8) and the run lasts flow time 200 (quick: 60), so runs with different L are
+compared at equal flow time.
 
 Run:
   python -m launch.train --config=configs/gatmiry_looped.py --workdir=/tmp/looped_icl/gat4
   python -m launch.train --config=configs/gatmiry_looped.py:L=8 --workdir=/tmp/looped_icl/gat8
   python -m launch.solve --config=configs/gatmiry_looped.py --workdir=/tmp/looped_icl/gat4
-Expected: the loss decreases monotonically and approaches optimum.json's loss; the learned A is
-close to a multiple of Sigma^{-1} (alignment_with_inverse_covariance residual well below 1).
+Expected: the loss decreases monotonically towards optimum.json's loss. The directions of large
+eigenvalue of Sigma converge quickly; the lambda = 1/16 direction moves at a rate ~ lambda^3 and is
+far from converged at flow time 200, so the final loss is 1.01x (L = 1), 1.03x (L = 2), 1.10x
+(L = 3) and 1.27 +- 0.08x (L = 4) the optimum (paired, 4000 held-out samples of S); see
+``python -m launch.reproduce --experiment=gatmiry_loops``.
 """
 
 from looped_icl import config_lib
 
+FLOW_TIME = 200.0
+QUICK_FLOW_TIME = 60.0
+
 
 def get_config(arg: str | None = None):
-  """``arg``: '' , 'quick', 'L=K' or 'quick,L=K'."""
+  """``arg``: comma-separated 'quick', 'L=K' (loops), 'n=K' (examples), e.g. 'quick,L=2'."""
   parts = dict(p.split("=", 1) if "=" in p else (p, "1") for p in (arg or "").split(",") if p)
-  unknown = set(parts) - {"quick", "L"}
+  unknown = set(parts) - {"quick", "L", "n"}
   if unknown:
-    raise ValueError(f"config arg must combine 'quick' and 'L=K', got {arg!r}")
+    raise ValueError(f"config arg must combine 'quick', 'L=K' and 'n=K', got {arg!r}")
+  num_loops = int(parts.get("L", 4))
+  learning_rate = min(0.1, 0.4 / num_loops)
   config = config_lib.base_config()
   config.task.covariance = "rotated"
   config.task.spectrum = (1.0, 1.0, 0.25, 0.0625, 1.0)
+  config.task.n = int(parts.get("n", 20))
   config.model.kind = "looped"
-  config.model.num_layers = int(parts.get("L", 4))
+  config.model.num_layers = num_loops
   config.model.parametrization = "preconditioner"
   config.model.init_scale = 1e-3
   config.train.mode = "gradient_flow"
@@ -34,11 +46,18 @@ def get_config(arg: str | None = None):
   config.train.objective = "population"
   config.train.resample_every = 0
   config.train.schedule = "constant"
-  config.train.learning_rate = 0.05
-  config.train.steps = 4000
-  config.train.batch_size = 8192
-  config.train.log_every = 200
+  config.train.learning_rate = learning_rate
+  config.train.steps = round(FLOW_TIME / learning_rate)
+  config.train.batch_size = 1024
+  config.train.log_every = 100
   config.train.checkpoint_every = 2000
+  # The L-BFGS solver's cost grows with samples x L. Both restarts converge; they agree to
+  # 0.1% for L <= 3 and within 3% up to L = 8 (distinct local minima).
+  config.solver.samples = 4000
+  config.solver.restarts = 2
+  config.solver.max_iters = 300
   if "quick" in parts:
-    config_lib.make_quick(config, steps=600, batch_size=2048, learning_rate=0.1)
+    config_lib.make_quick(config, steps=round(QUICK_FLOW_TIME / learning_rate), batch_size=512)
+    config.solver.samples = 2000
+    config.solver.max_iters = 150
   return config
