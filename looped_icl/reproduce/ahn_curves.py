@@ -1,0 +1,329 @@
+r"""What Ahn et al.'s loss curves (Figs 6-7) share: a sweep of layered models and their baselines.
+
+A sweep is a list of points (N, L): N in-context examples, L layers / steps. At each point the
+reproductions compare, on ONE shared sample of S = X^T X / N (so every difference is paired):
+
+* ``transformer``: the L-layer linear transformer (layered preconditioner family, general A_l)
+  trained by Adam on the exact population objective (configs/ahn_loss_curves.py);
+* ``optimum``: the family's population optimum in Ahn's form A_l = c_l Sigma^{-1} (Ahn et al.
+  §4.3: Sigma^{1/2} A_l Sigma^{1/2} ~ c_l I), the steps c_l found by the solver
+  (:func:`optimal_steps`). L free numbers instead of 25 L: fitted to a few thousand samples of
+  the heavy-tailed S it barely overfits, while a general-A fit does by several % (up to ~90% at
+  L = 4 from 2000 samples, measured), so this is the sharp reference. ``general`` (optional, the
+  library solver over general A_l) checks that no general A_l beats it;
+* ``pgd`` / ``gd``: L steps of preconditioned GD (A = Sigma^{-1}) and of GD (A = I) with one
+  population-optimal step (:func:`looped_icl.baselines.best_gd_eta`). The family contains both,
+  and ``optimum`` contains ``pgd``, so optimum <= pgd exactly.
+
+Two facts make a sweep cheap (one compilation for all its points instead of one per point):
+
+* With no label noise the population loss depends on N only through the law of S (the noise
+  terms of :mod:`looped_icl.losses` vanish), so every point shares one task distribution for the
+  loss and S is drawn at each point's own N (:func:`sample_s`, N a traced argument).
+* All points are trained at once as a batch of independent models (:func:`train_sweep`): Adam and
+  the per-matrix clip act coordinate- / matrix-wise, so summing the points' losses trains each
+  exactly as alone. An L-layer model is the first L layers of an L_max-layer one whose other
+  layers are masked to A = 0 (the identity map).
+
+Evaluation runs in float64. Losses are the in-context loss E[(y_hat - y_q)^2] (SPEC section 4).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from looped_icl import baselines
+from looped_icl import config_lib
+from looped_icl import covariance as cov_lib
+from looped_icl import losses
+from looped_icl import models
+from looped_icl import optim
+from looped_icl import solver
+from looped_icl import tasks as tasks_lib
+from looped_icl import theory
+from looped_icl import train as train_lib
+from looped_icl.reproduce import common
+
+FAMILIES = ("transformer", "optimum", "pgd", "gd")
+# Pairs (worse, better) whose per-sample loss difference is reported with its standard error.
+PAIRS = (("transformer", "optimum"), ("pgd", "transformer"), ("gd", "pgd"), ("pgd", "optimum"),
+         ("gd", "transformer"))
+# Ahn et al. §4.3 (3 layers, n = 20, rotated Sigma): Sigma^{1/2} A_l Sigma^{1/2} ~ c_l I, sorted.
+PAPER_STEPS_L3 = (0.42, 0.69, 1.71)
+
+
+def experiment(ctx: common.Context) -> config_lib.Experiment:
+  """configs/ahn_loss_curves.py (quick if ``ctx.quick``), checked to have no label noise."""
+  exp = config_lib.from_config(common.load_config("ahn_loss_curves", ctx))
+  if float(exp.task.noise_std) != 0.0:
+    raise ValueError("task.noise_std must be 0 for the Ahn loss curves (one task serves every N)")
+  if exp.task.weight_prior != "inverse_covariance":
+    raise ValueError("task.weight_prior must be 'inverse_covariance' (optimal_steps whitens)")
+  return exp
+
+
+def task64(exp: config_lib.Experiment, n: int | None = None) -> tasks_lib.TaskDistribution:
+  """The experiment's task with n examples (default: the config's), in float64.
+
+  Call under ``jax.enable_x64(True)``.
+  """
+  task = exp.task
+  return tasks_lib.make_task(np.asarray(task.cov, np.float64), task.n if n is None else n,
+                             noise_std=float(task.noise_std), weight_prior=task.weight_prior)
+
+
+@functools.partial(jax.jit, static_argnames=("n_max", "num"))
+def _sample_s(key, chol_DxD, n, n_max: int, num: int):
+  """``num`` draws of S = X^T X / n (X: n rows x ~ N(0, chol chol^T)), n <= n_max traced."""
+  z_SxMxD = jax.random.normal(key, (num, n_max, chol_DxD.shape[0]), chol_DxD.dtype)
+  x_SxMxD = jnp.einsum("smi,ji->smj", z_SxMxD, chol_DxD)
+  keep_M = (jnp.arange(n_max) < n).astype(chol_DxD.dtype)
+  x_SxMxD = x_SxMxD * keep_M[None, :, None]
+  return jnp.einsum("smi,smj->sij", x_SxMxD, x_SxMxD) / n
+
+
+@functools.partial(jax.jit, static_argnames=("n_max", "num"))
+def _sample_gram(key, chol_DxD, w_chol_DxD, n, n_max: int, num: int):
+  """``num`` noiseless tasks as GramTasks arrays (gram, query, y_query, w), n <= n_max traced."""
+  k_x, k_w, k_q = jax.random.split(key, 3)
+  d, dtype = chol_DxD.shape[0], chol_DxD.dtype
+  keep_M = (jnp.arange(n_max) < n).astype(dtype)
+  x_SxMxD = jnp.einsum("smi,ji->smj", jax.random.normal(k_x, (num, n_max, d), dtype), chol_DxD)
+  x_SxMxD = x_SxMxD * keep_M[None, :, None]
+  w_SxD = jnp.einsum("si,ji->sj", jax.random.normal(k_w, (num, d), dtype), w_chol_DxD)
+  xy_SxMxD1 = jnp.concatenate([x_SxMxD, jnp.einsum("smi,si->sm", x_SxMxD, w_SxD)[:, :, None]],
+                              axis=2)
+  x_query_SxD = jnp.einsum("si,ji->sj", jax.random.normal(k_q, (num, d), dtype), chol_DxD)
+  query_SxD1 = jnp.concatenate([x_query_SxD, jnp.zeros((num, 1), dtype)], axis=1)
+  return (jnp.einsum("smi,smj->sij", xy_SxMxD1, xy_SxMxD1), query_SxD1,
+          jnp.einsum("si,si->s", x_query_SxD, w_SxD), w_SxD)
+
+
+def sample_s(key: jax.Array, cov, ns: Sequence[int], num: int) -> jax.Array:
+  """(K, num, d, d): ``num`` samples of S at each N in ``ns``, drawn from fold_in(key, N).
+
+  Points with the same N get the same draws (a depth sweep's differences across L are paired).
+  Exact Gaussian draws with the rows past N masked, so one compilation serves every N.
+  """
+  chol_DxD = jnp.linalg.cholesky(jnp.asarray(cov))
+  n_max = max(ns)
+  return jnp.stack([_sample_s(jax.random.fold_in(key, n), chol_DxD, n, n_max, num) for n in ns])
+
+
+def train_sweep(exp: config_lib.Experiment, ns: Sequence[int], depths: Sequence[int]):
+  """Trains one layered preconditioner model per point (ns[k], depths[k]), all at once.
+
+  Uses ``exp.train``'s optimizer, schedule, steps, batch (samples of S per step and point) and
+  resampling, and ``exp.model``'s initialisation, on the population objective.
+
+  Returns:
+    (a, curve): ``a[k]`` the trained (depths[k], d, d) preconditioners (float64 NumPy), and
+    ``curve`` (steps // log_every, K + 1): step, then each point's mean training loss over the
+    last ``log_every`` steps.
+  """
+  tc, d = exp.train, exp.task.d
+  if tc.objective != "population" or tc.mode != "standard" or tc.clip_global_norm > 0:
+    raise ValueError("train must be objective='population', mode='standard' and "
+                     "clip_global_norm=0 (a global clip would couple the sweep's points)")
+  num_points, l_max, n_max = len(ns), max(depths), max(ns)
+  model = dataclasses.replace(exp.model, num_layers=l_max)
+  mask_KxL = jnp.asarray(np.arange(l_max)[None, :] < np.asarray(depths)[:, None], jnp.float32)
+  ns_K = jnp.asarray(ns, jnp.float32)
+  chol_DxD = jnp.linalg.cholesky(exp.task.cov)
+  keys = train_lib.root_keys(exp.seed)
+  a0_KxLxDxD = jnp.stack([models.init_params(jax.random.fold_in(keys["init"], k), model)["a"]
+                          for k in range(num_points)])
+  optimizer = optim.make_optimizer(tc)
+
+  def losses_K(a_KxLxDxD, step):
+    key = train_lib.step_data_key(keys["data"], step, tc.resample_every)
+    s_KxBxDxD = jax.vmap(lambda k, n: _sample_s(k, chol_DxD, n, n_max, tc.batch_size))(
+        jax.random.split(key, num_points), ns_K)
+    return jax.vmap(lambda a, m, s: losses.population_loss({"a": a * m[:, None, None]}, model,
+                                                           exp.task, s))(
+                                                               a_KxLxDxD, mask_KxL, s_KxBxDxD)
+
+  def objective(a_KxLxDxD, step):
+    per_point_K = losses_K(a_KxLxDxD, step)
+    return jnp.sum(per_point_K), per_point_K
+
+  def step_fn(carry, step):
+    a, opt_state = carry
+    (_, per_point_K), grads = jax.value_and_grad(objective, has_aux=True)(a, step)
+    updates, opt_state = optimizer.update(grads, opt_state, a)
+    return (a + updates, opt_state), per_point_K
+
+  @jax.jit
+  def run(a):
+    (a, _), losses_TxK = jax.lax.scan(step_fn, (a, optimizer.init(a)), jnp.arange(tc.steps))
+    return a * mask_KxL[:, :, None, None], losses_TxK
+
+  a_KxLxDxD, losses_TxK = run(a0_KxLxDxD)
+  losses_TxK = np.asarray(losses_TxK, np.float64)
+  if not np.all(np.isfinite(losses_TxK)):
+    raise train_lib.TrainingDiverged("a sweep's training diverged; lower train.learning_rate")
+  chunks = tc.steps // tc.log_every
+  means = losses_TxK[:chunks * tc.log_every].reshape(chunks, tc.log_every, -1).mean(axis=1)
+  steps = (np.arange(chunks) + 1.0) * tc.log_every
+  a = np.asarray(a_KxLxDxD, np.float64)
+  return [a[k, :depth] for k, depth in enumerate(depths)], np.column_stack([steps, means])
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _last_layer_losses(a_FxLxDxD, cfg: models.ModelConfig, task, s_SxDxD):
+  """Per-sample population loss after the last layer of each of F models, (F, S)."""
+  return jax.vmap(lambda a: losses.population_loss_samples({"a": a}, cfg, task, s_SxDxD)[:, -1])(
+      a_FxLxDxD)
+
+
+def _mean_se(x) -> tuple[float, float]:
+  x = np.asarray(x, np.float64)
+  return float(x.mean()), float(x.std(ddof=1) / math.sqrt(x.shape[0]))
+
+
+def _eval_samples(exp: config_lib.Experiment, task, ns: Sequence[int]) -> jax.Array:
+  """The sweep's shared evaluation draws of S, (K, eval_population_samples, d, d)."""
+  key = jax.random.fold_in(train_lib.root_keys(exp.seed)["eval"], 1)
+  return sample_s(key, task.cov, ns, exp.train.eval_population_samples)
+
+
+def optimal_steps(exp: config_lib.Experiment, depth: int, s_fit_SxDxD: jax.Array, *,
+                  restart_seed: int = 0) -> np.ndarray:
+  """The population-optimal per-layer steps c_l of A_l = c_l Sigma^{-1}, (L,) (float64).
+
+  With w* ~ N(0, Sigma^{-1}), A_l = c_l Sigma^{-1} on Sigma is A~_l = c_l I on the whitened
+  problem (Sigma = I, w* ~ N(0, I), S~ = Sigma^{-1/2} S Sigma^{-1/2}; see
+  :func:`looped_icl.theory.ahn_theorem1`), i.e. the layered ``fixed`` family with one step per
+  layer, which the solver minimises. Call under ``jax.enable_x64(True)``.
+  """
+  task = task64(exp)
+  root_DxD = cov_lib.inv_sqrtm_pd(task.cov)
+  white = tasks_lib.make_task(np.eye(task.d), task.n)
+  cfg = models.ModelConfig(d=task.d, num_layers=depth, kind="layered", parametrization="fixed")
+  params, _ = solver.minimize_population_loss(
+      cfg, white, jnp.einsum("ij,sjk,kl->sil", root_DxD, s_fit_SxDxD, root_DxD),
+      restarts=exp.solver.restarts, max_iters=exp.solver.max_iters, restart_seed=restart_seed)
+  return np.asarray(params["eta"], np.float64)
+
+
+def _whitened_scales(a_LxDxD, cov) -> np.ndarray:
+  """tr(Sigma^{1/2} A_l Sigma^{1/2}) / d per layer: the c_l of A_l ~ c_l Sigma^{-1}."""
+  white = np.asarray(theory.whiten_preconditioner(jnp.asarray(a_LxDxD), cov))
+  return np.trace(white, axis1=-2, axis2=-1) / white.shape[-1]
+
+
+def _steps_text(values) -> str:
+  return " ".join(f"{v:.4f}" for v in values)
+
+
+def evaluate_sweep(exp: config_lib.Experiment, ns: Sequence[int], depths: Sequence[int],
+                   trained: Sequence[np.ndarray], *, general_solver: bool = False) -> list[dict]:
+  """One row per point: every family's loss on the shared sample of S, and paired differences.
+
+  The optimum's steps c_l, GD's and PGD's steps (and the general solver) are fitted on
+  ``exp.solver.samples`` draws of S; every family is then measured on
+  ``exp.train.eval_population_samples`` independent draws (the same for every family), so
+  ``X_minus_Y`` is the mean per-sample difference with its standard error.
+
+  Args:
+    exp: the experiment (configs/ahn_loss_curves.py).
+    ns, depths: the points (N, L).
+    trained: each point's trained preconditioners, (L, d, d).
+    general_solver: also minimise over general A_l (the library solver, 25 L free entries, from
+      random restarts): ``general``. Fitted to a finite sample of heavy-tailed S it overfits, so
+      on fresh samples it lands above ``optimum``; it checks that no general A_l beats Ahn's form.
+  """
+  keys = train_lib.root_keys(exp.seed)
+  families = FAMILIES + (("general",) if general_solver else ())
+  pairs = PAIRS + ((("general", "optimum"),) if general_solver else ())
+  rows = []
+  with jax.enable_x64(True):
+    task = task64(exp)  # n is never read: no label noise (module docstring).
+    inv_cov = np.linalg.inv(np.asarray(task.cov))
+    inv_cov = (inv_cov + inv_cov.T) / 2
+    s_fit = sample_s(jax.random.fold_in(keys["eval"], 0), task.cov, ns, exp.solver.samples)
+    s_eval = _eval_samples(exp, task, ns)
+    for k, (n, depth) in enumerate(zip(ns, depths)):
+      cfg = dataclasses.replace(exp.model, num_layers=depth)
+      steps = optimal_steps(exp, depth, s_fit[k], restart_seed=k)
+      gd_eta, _ = baselines.best_gd_eta(task, depth, s_fit[k])
+      pgd_eta, _ = baselines.best_gd_eta(task, depth, s_fit[k], preconditioner=inv_cov)
+      a = {"transformer": jnp.asarray(trained[k]),
+           "optimum": jnp.asarray(steps[:, None, None] * inv_cov[None]),
+           "pgd": jnp.asarray(pgd_eta * np.broadcast_to(inv_cov, (depth,) + inv_cov.shape)),
+           "gd": jnp.asarray(gd_eta * np.broadcast_to(np.eye(task.d), (depth, task.d, task.d)))}
+      if general_solver:
+        params, _ = solver.minimize_population_loss(
+            cfg, task, s_fit[k], restarts=exp.solver.restarts, max_iters=exp.solver.max_iters,
+            restart_seed=k)
+        a["general"] = params["a"]
+      per_sample = dict(zip(families, np.asarray(_last_layer_losses(
+          jnp.stack([a[name] for name in families]), cfg, task, s_eval[k]))))
+      row = {"n": n, "layers": depth}
+      for name in families:
+        row[name], row[f"{name}_stderr"] = _mean_se(per_sample[name])
+      for worse, better in pairs:
+        row[f"{worse}_minus_{better}"], row[f"{worse}_minus_{better}_stderr"] = _mean_se(
+            per_sample[worse] - per_sample[better])
+      row.update(transformer_over_optimum=row["transformer"] / row["optimum"],
+                 optimum_steps=_steps_text(steps),
+                 transformer_steps=_steps_text(_whitened_scales(trained[k], task.cov)),
+                 transformer_dist_whitened=float(np.max(np.asarray(theory.dist_to_identity(
+                     theory.whiten_preconditioner(jnp.asarray(trained[k]), task.cov))))),
+                 gd_eta=gd_eta, pgd_eta=pgd_eta)
+      rows.append(row)
+  return rows
+
+
+@jax.jit
+def _ols_loss_samples(s_SxDxD, cov_DxD, weight_cov_DxD):
+  """Noiseless least-squares loss given S: tr(Sigma R Sigma_w R), R = I - S^+ S, (S,).
+
+  Without label noise the minimum-norm solution is X^+ y = P w* with P = S^+ S the projection
+  onto the row space of X, so w - w* = -R w* and E[(<w - w*, x_q>)^2 | S] = tr(Sigma R Sigma_w R).
+  R = 0 (loss 0) once S has full rank (N >= d); eigenvalues <= 10 d eps lambda_max count as 0.
+  """
+  evals_SxD, evecs_SxDxD = jnp.linalg.eigh(s_SxDxD)
+  d = s_SxDxD.shape[-1]
+  cutoff_Sx1 = 10.0 * d * jnp.finfo(s_SxDxD.dtype).eps * evals_SxD[:, -1:]
+  null_SxD = (evals_SxD <= cutoff_Sx1).astype(s_SxDxD.dtype)
+  resid_SxDxD = jnp.einsum("sik,sk,sjk->sij", evecs_SxDxD, null_SxD, evecs_SxDxD)
+  return jnp.einsum("ij,sjk,kl,sli->s", cov_DxD, resid_SxDxD, weight_cov_DxD, resid_SxDxD)
+
+
+def ols_losses(exp: config_lib.Experiment, ns: Sequence[int]) -> list[dict]:
+  """Least squares (minimum norm) at each N: exact given S, and Monte Carlo over tasks.
+
+  ``ols_exact``: the mean of :func:`_ols_loss_samples` over the sweep's evaluation draws of S.
+  ``ols_mc``: mean squared error of :func:`looped_icl.baselines.ols_predict` on
+  ``exp.train.eval_tasks`` fresh noiseless tasks at each N (drawn like :func:`sample_s`, one
+  compilation for every N). Both carry standard errors; both are 0 for N >= d (exact
+  interpolation of noiseless labels).
+  """
+  key = jax.random.fold_in(train_lib.root_keys(exp.seed)["eval"], 2)
+  rows = []
+  with jax.enable_x64(True):
+    task = task64(exp)
+    s_eval = _eval_samples(exp, task, ns)
+    chol_DxD = jnp.linalg.cholesky(task.cov)
+    w_chol_DxD = jnp.linalg.cholesky(task.weight_cov)
+    for k, n in enumerate(ns):
+      exact = _ols_loss_samples(s_eval[k], task.cov, task.weight_cov)
+      gram, query, y_query, w = _sample_gram(jax.random.fold_in(key, n), chol_DxD, w_chol_DxD,
+                                             n, max(ns), exp.train.eval_tasks)
+      batch = tasks_lib.GramTasks(gram=gram, query=query, y_query=y_query, w=w, n=n)
+      mc = (baselines.ols_predict(batch) - y_query) ** 2
+      row = {}
+      row["ols_exact"], row["ols_exact_stderr"] = _mean_se(exact)
+      row["ols_mc"], row["ols_mc_stderr"] = _mean_se(mc)
+      row["ols_note"] = ("0: noiseless labels are interpolated exactly (N >= d)" if n >= exp.task.d
+                         else "min-norm solution, N < d")
+      rows.append(row)
+  return rows

@@ -1,0 +1,147 @@
+"""Quick reproductions of Ahn et al. 2023: Fig. 1-2 / §4.3 (ahn_fig1_2) and §5 GD++ (ahn_gdpp)."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from looped_icl import config_lib
+from looped_icl import losses
+from looped_icl import models
+from looped_icl import reproduce
+from looped_icl import tasks
+from looped_icl import theory
+from looped_icl.reproduce import ahn_gdpp
+from looped_icl.reproduce import common
+
+
+@pytest.fixture(scope="module")
+def fig1_2(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("ahn_fig1_2"))
+  return workdir, reproduce.run("ahn_fig1_2", workdir, quick=True)
+
+
+def test_fig1_2_writes_tables_and_figure(fig1_2):
+  workdir, results = fig1_2
+  for name in ("ahn_fig1_2.png", "ahn_fig1_2_history.csv", "ahn_fig1_2_layers.csv",
+               "results.json"):
+    assert os.path.exists(os.path.join(workdir, name)), name
+  history = common.read_csv(os.path.join(workdir, "ahn_fig1_2_history.csv"))
+  assert len(history) == results["train_steps"] // 50  # quick logs every 50 steps
+  assert {"dist_whitened_layer2", "dist_layer2", "loss"} <= set(history[0])
+  assert len(common.read_csv(os.path.join(workdir, "ahn_fig1_2_layers.csv"))) == 3
+
+
+def test_fig1_2_trained_c_match_solver_sorted(fig1_2):
+  _, results = fig1_2
+  # The issue's acceptance: sorted c_i within 10% of the solver's (the loss at c_i I is symmetric
+  # in the order of the layers). Measured ~2%: the quick solver fits 4000 samples of S, itself
+  # ~2% from the 20k-sample optimum (0.419, 0.686, 1.708).
+  np.testing.assert_allclose(results["trained_c_sorted"], results["solver_c_sorted"], rtol=0.10)
+  # The solver against the paper's (0.69, 0.42, 1.71): the same ~2% sampling error, 5% allowed.
+  np.testing.assert_allclose(results["solver_c_sorted"], results["paper_c_sorted"], rtol=0.05)
+
+
+def test_fig1_2_whitened_preconditioners_are_isotropic(fig1_2):
+  _, results = fig1_2
+  # Sigma^1/2 A_i Sigma^1/2 ~ c_i I: measured Dist 0.02-0.03 after 1000 noisy Adam steps (0.03-0.07
+  # after 600 steps over seeds); 0.1 leaves room for that noise, while the start (step 50) is 0.4.
+  assert max(results["trained_dist_whitened"]) < 0.1
+  # ... while A_i itself is far from I: A_i ~ c_i Sigma^-1, so Dist(A_i, I) ~ Dist(Sigma^-1, I)
+  # (0.78 here); 0.05 covers the whitened residual above mapped back through Sigma^-1.
+  exp = config_lib.from_config(config_lib.load("ahn_multilayer:quick"))
+  inv_dist = float(theory.dist_to_identity(np.linalg.inv(np.asarray(exp.task.cov, np.float64))))
+  np.testing.assert_allclose(results["trained_dist"], inv_dist, atol=0.05)
+
+
+def test_fig1_2_trained_loss_reaches_optimum(fig1_2):
+  _, results = fig1_2
+  # Paired on the same 4000 held-out samples of S (standard error of the difference ~0.3%);
+  # measured ratio 0.999 (the solver overfits its own 4000-sample fit set by about as much).
+  assert 0.95 < results["trained_over_optimum_ratio"] < 1.05
+  # Far below 3 steps of Sigma^-1-preconditioned GD with its best constant step (Monte Carlo,
+  # same 10k tasks; 0.13 vs 0.25 measured).
+  assert results["trained_mc_eval_loss"] < 0.7 * results["pgd_inv_cov_mc_eval_loss"]
+
+
+# ------------------------------------------------------------------------------------- GD++
+
+
+@pytest.mark.usefixtures("x64")
+def test_isotropic_gdpp_reduction_matches_library():
+  """The eigenvalue form of the isotropic GD++ loss is the library's exact loss (SPEC §4)."""
+  model = models.ModelConfig(d=5, num_layers=3, kind="layered", parametrization="gdpp")
+  task = tasks.make_task(jnp.eye(5), 10)
+  s = tasks.sample_empirical_covariance(jax.random.key(0), task, 500)
+  a, b = np.array([0.6, 2.0, 15.0]), np.array([0.35, 0.96])
+  library = losses.population_loss_samples(ahn_gdpp.isotropic_params(a, b, 5), model, task, s)
+  reduced = ahn_gdpp.isotropic_loss_samples(jnp.asarray(a), jnp.asarray(b),
+                                            jnp.linalg.eigvalsh(s))
+  np.testing.assert_allclose(reduced, library[:, -1], rtol=1e-10)
+
+
+@pytest.mark.usefixtures("x64")
+def test_gdpp_b_is_scale_free():
+  """Rescaling x by k (S -> k^2 S, y -> k y) is undone by A -> A / k^2 with B unchanged: the
+  paper's B and ours are the same numbers whatever the data scale or the 1/n convention."""
+  model = models.ModelConfig(d=5, num_layers=3, kind="layered", parametrization="gdpp",
+                             init_scale=0.3)
+  params = models.init_params(jax.random.key(1), model)
+  task = tasks.make_task(jnp.eye(5), 10)
+  s = tasks.sample_empirical_covariance(jax.random.key(2), task, 200)
+  k2 = 3.0
+  scaled = {"a": params["a"] / k2, "b": params["b"]}
+  base = losses.population_loss_samples(params, model, task, s)
+  moved = losses.population_loss_samples(scaled, model, tasks.make_task(k2 * jnp.eye(5), 10),
+                                         k2 * s)
+  np.testing.assert_allclose(moved, k2 * base, rtol=1e-10)
+
+
+@pytest.fixture(scope="module")
+def gdpp(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("ahn_gdpp"))
+  return workdir, reproduce.run("ahn_gdpp", workdir, quick=True)
+
+
+def test_gdpp_writes_tables_and_figure(gdpp):
+  workdir, _ = gdpp
+  for name in ("ahn_gdpp.png", "ahn_gdpp_models.csv", "ahn_gdpp_layers.csv",
+               "ahn_gdpp_history.csv", "results.json"):
+    assert os.path.exists(os.path.join(workdir, name)), name
+  models_csv = common.read_csv(os.path.join(workdir, "ahn_gdpp_models.csv"))
+  assert {"trained", "gd_best_eta"} <= {r["model"] for r in models_csv}
+  assert any("optimum" in r["model"] for r in models_csv)
+
+
+def test_gdpp_trained_b_is_isotropic_like_the_paper(gdpp):
+  _, results = gdpp
+  # B_0, B_1 ~ b I: measured Dist 0.003-0.006 (B_0) and 0.015-0.023 (B_1) over seeds 0-2; the
+  # tolerances leave 5x room for the noisy clipped Adam iterate.
+  assert results["trained_dist_b"][0] < 0.03
+  assert results["trained_dist_b"][1] < 0.1
+  # Paper B_0 ~ 0.90 I: measured 0.95 (seeds 0-2: 0.949-0.956; MC objective 0.917); 10% allowed.
+  assert abs(results["trained_b"][0] - 0.90) < 0.09
+  # Paper B_1 ~ 0.56 I: measured 0.66-0.69, not within 10%: B_1 lies along a flat valley of the
+  # typical-S loss (lr 0.03 gave 0.51, the polished branch minimum 0.83). Checked loosely.
+  assert 0.4 < results["trained_b"][1] < 0.9
+
+
+def test_gdpp_beats_gd_on_typical_tasks_and_optimum_on_average(gdpp):
+  _, results = gdpp
+  held = results["held_out"]
+  # The same 100k held-out S. Trained median per-S loss 0.004 vs 3-step GD's 0.80: 10x margin.
+  assert held["trained"]["median"] < 0.1 * held["gd"]["median"]
+  # The population optimum's mean 0.03-0.045 (+- 0.015 from its own rare tail) vs GD's 0.87.
+  assert held["optimum"]["mean"] < 0.1 * held["gd"]["mean"]
+  # The optimum is the light-tailed branch B_0 ~ 0.35 I, B_1 ~ 0.96 I (0.347, 0.961 when fitted
+  # on 200k S; 0.350, 0.961 on the quick 20k): 0.05 covers the fit-sample error.
+  np.testing.assert_allclose(results["solver_b"], [0.35, 0.96], atol=0.05)
+  # ... and it is not the branch training found: the trained model's held-out mean is dominated
+  # by rare S (measured 7e2 and 9e6 on two samples, > 1e4 x the optimum's).
+  assert not results["trained_branch_is_optimum"]
+  assert held["trained"]["mean"] > 10 * held["optimum"]["mean"]
+  # The eigenvalue reduction agrees with the library's exact loss on the same samples.
+  np.testing.assert_allclose(results["solver_library_held_out_mean"], held["optimum"]["mean"],
+                             rtol=1e-8)
