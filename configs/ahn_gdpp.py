@@ -40,7 +40,7 @@ def get_config(arg: str | None = None):
   config.train.log_every = 100
   config.train.checkpoint_every = 1000
   if arg == "quick":
-    config_lib.make_quick(config, steps=600, batch_size=256)
+    config_lib.make_quick(config, steps=600, batch_size=1024)
   elif arg:
     raise ValueError(f"config arg must be '' or 'quick', got {arg!r}")
   return config

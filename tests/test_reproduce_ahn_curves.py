@@ -13,13 +13,14 @@ from looped_icl import reproduce
 from looped_icl.reproduce import common
 
 D = 5
-# Quick trained model vs the quick solver, |transformer / optimum - 1|. Two measured parts:
-# (a) the quick training budget (10k Adam steps of 32 samples) lands within 1.5% of a
-#     20000-sample, 300-iteration solver at every N and L <= 3, and within 5% at L = 4 (the
-#     flattest problem); (b) the quick solver fits 2000 samples of heavy-tailed S, so on fresh
-#     samples its optimum is itself up to ~8% above the true optimum (measured at N = 6; 1-5%
-#     elsewhere), which can put the trained model below it.
-TRAINED_VS_SOLVER = 0.08
+# Trained transformer vs the family optimum (A_l = c_l Sigma^{-1}, c_l by the solver), paired:
+# transformer - optimum must lie in [-LOWER, TRAINED_VS_OPTIMUM] x optimum, widened by 3 paired
+# standard errors. TRAINED_VS_OPTIMUM: the quick budget (10k Adam steps of 32 samples) lands
+# within 2% of the optimum at every N and L <= 3 and 3.6% at L = 4 (the flattest problem),
+# measured on 100k paired draws of S. LOWER: the trained model cannot beat the family optimum in
+# expectation; the optimum's c_l are fitted to 2000 draws of S, which moves its loss by ~1-2%.
+TRAINED_VS_OPTIMUM = 0.05
+LOWER = 0.02
 
 
 def _run(tmp_path_factory, name, csv):
@@ -65,9 +66,15 @@ def test_loss_vs_n_transformer_beats_pgd_beats_gd(vs_n):
   assert results["ordering_holds"]
 
 
+def _near_optimum(row):
+  diff, se = row["transformer_minus_optimum"], row["transformer_minus_optimum_stderr"]
+  assert -LOWER * row["optimum"] - 3 * se <= diff, row
+  assert diff <= TRAINED_VS_OPTIMUM * row["optimum"] + 3 * se, row
+
+
 def test_loss_vs_n_trained_matches_solver(vs_n):
   for row in vs_n[2]:
-    assert abs(row["transformer_over_optimum"] - 1) <= TRAINED_VS_SOLVER, row
+    _near_optimum(row)
 
 
 def test_loss_vs_n_decreases_with_n(vs_n):
@@ -102,7 +109,7 @@ def test_loss_vs_l_orderings(vs_l):
       # Per-layer preconditioners beat one shared step once there are two or more layers.
       _greater(row, "pgd", "transformer")
       _greater(row, "pgd", "optimum")
-    assert abs(row["transformer_over_optimum"] - 1) <= TRAINED_VS_SOLVER, row
+    _near_optimum(row)
 
 
 def test_loss_vs_l_decreasing(vs_l):
@@ -110,7 +117,7 @@ def test_loss_vs_l_decreasing(vs_l):
   for name in ("transformer", "optimum", "pgd", "gd"):
     values = np.asarray([r[name] for r in rows])
     errors = np.asarray([r[f"{name}_stderr"] for r in rows])
-    # Each extra layer lowers every loss by >= 13% here; 3 combined standard errors (the points
+    # Each extra layer lowers every loss by >= 9% here; 3 combined standard errors (the points
     # share their sample of S, so this unpaired margin is conservative).
     assert np.all(values[:-1] - values[1:] > 3 * np.hypot(errors[:-1], errors[1:])), name
   assert all(results["decreasing_in_l"].values())
@@ -118,13 +125,23 @@ def test_loss_vs_l_decreasing(vs_l):
 
 def test_loss_vs_l_one_layer_is_theorem1(vs_l):
   results = vs_l[1]
-  # Ahn Thm 1: the 1-layer optimum is one PGD step with eta = N/(N+d+1). PGD's exact line search
-  # on 2000 samples of S lands within 2% of it (measured 0.4%).
-  assert abs(results["pgd_eta_l1"] / results["theorem1_eta"] - 1) < 0.02
-  # The solver's and the trained model's A_1 (25 free entries each) within 5% (Frobenius) of
-  # A* (measured 0.5% and 0.2%).
-  assert results["optimum_l1_rel_error_vs_theorem1"] < 0.05
-  assert results["transformer_l1_rel_error_vs_theorem1"] < 0.05
-  # PGD and the optimum are the same predictor at L = 1. The solver's 25 entries fitted to 2000
-  # samples generalise slightly worse than PGD's one step: within 1% (measured 0.03%).
-  assert abs(results["optimum_over_pgd_l1"] - 1) < 0.01
+  # Ahn Thm 1: the 1-layer optimum is one PGD step, A* = N/(N+d+1) Sigma^{-1}. The solver's c_1
+  # and PGD's exact line search, both on 2000 draws of S, land within 2% of N/(N+d+1) (measured
+  # 0.2%): the sampling error of a one-parameter fit.
+  assert abs(results["solver_c_l1"] / results["theorem1_c"] - 1) < 0.02
+  assert abs(results["pgd_eta_l1"] / results["theorem1_c"] - 1) < 0.02
+  # They minimise the same one-dimensional function on the same sample.
+  assert abs(results["optimum_over_pgd_l1"] - 1) < 1e-4
+  # The trained A_1 (25 free entries) within 3% (Frobenius) of A* (measured 0.2%).
+  assert results["transformer_l1_rel_error_vs_theorem1"] < 0.03
+
+
+@pytest.mark.parametrize("fixture", ["vs_n", "vs_l"])
+def test_three_layer_steps_match_ahn(fixture, request):
+  results = request.getfixturevalue(fixture)[1]
+  # Ahn §4.3 (n = 20, L = 3): Sigma^{1/2} A_l Sigma^{1/2} ~ c_l I, c ~ (0.42, 0.69, 1.71) sorted,
+  # two digits from their training run. The solver's c_l (3 numbers fitted to 2000 draws of S)
+  # within 5% of the paper's (measured 1.3%); the trained model's within 5% of the solver's
+  # (measured 1.3%).
+  np.testing.assert_allclose(results["solver_c"], results["paper_c"], rtol=0.05)
+  np.testing.assert_allclose(results["trained_c"], results["solver_c"], rtol=0.05)
