@@ -191,6 +191,11 @@ def _pad_layers(a_LxDxD, num_layers: int) -> jax.Array:
                                              + a_LxDxD.shape[1:], a_LxDxD.dtype)])
 
 
+def z_score(row: dict, name: str) -> float:
+  """A row's ``name`` (e.g. a paired difference) over its standard error ``name_stderr``."""
+  return row[name] / max(row[f"{name}_stderr"], 1e-300)
+
+
 def _mean_se(x) -> tuple[float, float]:
   x = np.asarray(x, np.float64)
   return float(x.mean()), float(x.std(ddof=1) / math.sqrt(x.shape[0]))

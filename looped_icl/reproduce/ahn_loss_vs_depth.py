@@ -51,10 +51,6 @@ def _figure(ctx: common.Context, rows: list[dict], curve: np.ndarray) -> str:
       suptitle="Ahn et al. 2023, Fig 7: d = 5, rotated Sigma, w* ~ N(0, Sigma^-1)")
 
 
-def _z(row: dict, name: str) -> float:
-  return row[name] / max(row[f"{name}_stderr"], 1e-300)
-
-
 def run(ctx: common.Context) -> dict:
   exp = ahn_curves.experiment(ctx)
   ns = (N,) * len(DEPTHS)
@@ -82,9 +78,9 @@ def run(ctx: common.Context) -> dict:
       **{f"log_{name}": np.log([r[name] for r in rows]).tolist() for name in names},
       "transformer_over_optimum": ratio,
       "max_abs_transformer_over_optimum_minus_1": float(np.max(np.abs(np.asarray(ratio) - 1))),
-      "min_z_pgd_minus_transformer_l_ge_2": min(_z(r, "pgd_minus_transformer") for r in rows
-                                                if r["layers"] >= 2),
-      "min_z_gd_minus_pgd": min(_z(r, "gd_minus_pgd") for r in rows),
+      "min_z_pgd_minus_transformer_l_ge_2": min(
+          ahn_curves.z_score(r, "pgd_minus_transformer") for r in rows if r["layers"] >= 2),
+      "min_z_gd_minus_pgd": min(ahn_curves.z_score(r, "gd_minus_pgd") for r in rows),
       "decreasing_in_l": {name: bool(np.all(np.diff([r[name] for r in rows]) < 0))
                           for name in names},
       "theorem1_c": N / (N + exp.task.d + 1),

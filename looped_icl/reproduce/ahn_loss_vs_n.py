@@ -56,10 +56,6 @@ def _figure(ctx: common.Context, rows: list[dict], curve: np.ndarray, ns) -> str
       suptitle="Ahn et al. 2023, Fig 6: d = 5, rotated Sigma, w* ~ N(0, Sigma^-1)")
 
 
-def _z(row: dict, name: str) -> float:
-  return row[name] / max(row[f"{name}_stderr"], 1e-300)
-
-
 def run(ctx: common.Context) -> dict:
   exp = ahn_curves.experiment(ctx)
   ns = QUICK_NS if ctx.quick else NS
@@ -83,9 +79,10 @@ def run(ctx: common.Context) -> dict:
       "transformer_over_optimum": ratio,
       "max_abs_transformer_over_optimum_minus_1": float(np.max(np.abs(np.asarray(ratio) - 1))),
       # Paired z-scores of the ordering (positive: the claimed order; > 3: resolved).
-      "min_z_pgd_minus_transformer": min(_z(r, "pgd_minus_transformer") for r in rows),
-      "min_z_gd_minus_pgd": min(_z(r, "gd_minus_pgd") for r in rows),
-      "min_z_pgd_minus_optimum": min(_z(r, "pgd_minus_optimum") for r in rows),
+      "min_z_pgd_minus_transformer": min(ahn_curves.z_score(r, "pgd_minus_transformer")
+                                         for r in rows),
+      "min_z_gd_minus_pgd": min(ahn_curves.z_score(r, "gd_minus_pgd") for r in rows),
+      "min_z_pgd_minus_optimum": min(ahn_curves.z_score(r, "pgd_minus_optimum") for r in rows),
       "ordering_holds": all(r["optimum"] <= r["pgd"] <= r["gd"] and r["transformer"] <= r["pgd"]
                             for r in rows),
   }
