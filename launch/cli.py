@@ -2,10 +2,12 @@
 
 import sys
 
+import jax
 from absl import app
 from absl import flags
 from absl import logging
 
+from looped_icl import sharding
 from looped_icl import train
 
 EXIT_INVALID = 2
@@ -53,3 +55,23 @@ def run_or_exit(fn) -> None:
   except (ValueError, OSError) as e:  # invalid config, or a config file that failed to load
     sys.stderr.write(f"error: {str(e).splitlines()[0]}\n")
     sys.exit(EXIT_INVALID)
+
+
+def define_multihost_flags():
+  """``--multihost`` and the coordinator flags; returns a function that initialises JAX's
+  distributed runtime when ``--multihost`` is set (call it first thing in main)."""
+  multihost = flags.DEFINE_bool(
+      "multihost", False, "Call jax.distributed.initialize (one process per host; the mesh spans "
+      "all hosts). Without the flags below, JAX auto-detects Cloud TPU / SLURM.")
+  coordinator = flags.DEFINE_string("coordinator_address", None,
+                                    "host:port of process 0 (multihost, not auto-detected).")
+  num_processes = flags.DEFINE_integer("num_processes", None, "Number of processes (multihost).")
+  process_id = flags.DEFINE_integer("process_id", None, "This process's index (multihost).")
+
+  def initialize() -> None:
+    if multihost.value:
+      sharding.initialize_multihost(coordinator.value, num_processes.value, process_id.value)
+      logging.info("process %d of %d; %d local of %d global devices", jax.process_index(),
+                   jax.process_count(), jax.local_device_count(), jax.device_count())
+
+  return initialize

@@ -1,7 +1,7 @@
 r"""Train one model: ``python -m launch.train --config=configs/NAME.py[:ARG] --workdir=DIR``.
 
 Overrides: ``--config.train.steps=500 --config.task.n=40``. Rerunning on the same workdir
-resumes from the latest checkpoint. Exit codes: 0 ok, 2 invalid config, 3 diverged.
+resumes from the latest checkpoint. ``--multihost``: one process per host (BUILD_NOTES.md). Exit codes: 0 ok, 2 invalid config, 3 diverged.
 """
 
 from absl import app
@@ -15,10 +15,12 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config fil
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (resumed if it exists).")
 flags.mark_flags_as_required(["config", "workdir"])
+_INIT_MULTIHOST = cli.define_multihost_flags()
 
 
 def main(argv):
   del argv
+  _INIT_MULTIHOST()
   cli.run_or_exit(lambda: train.train_and_evaluate(_CONFIG.value, _WORKDIR.value))
 
 

@@ -17,8 +17,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from looped_icl import config_lib
-from looped_icl import models
-from looped_icl import optim
 from looped_icl import train
 
 # name -> list of (label, overrides of the base config)
@@ -83,23 +81,24 @@ def matmul_peak_gflops(size: int = 1024, repeats: int = 10) -> float:
 
 def time_steps(exp: config_lib.Experiment, steps_per_call: int = 10, repeats: int = 5):
   """(median seconds per step, XLA GFLOP of one step)."""
-  optimizer = optim.make_optimizer(exp.train)
-  data_key = train.root_keys(exp.seed)["data"]
-  chunk = train.make_train_chunk(exp, optimizer, data_key)
-  params = models.init_params(jax.random.key(0), exp.model)
-  opt_state = optimizer.init(params)
-  one_step = chunk.lower(params, opt_state, jnp.arange(1)).compile()
+  chunk = train.make_train_chunk(exp)
+  state = train._initial_state(exp)  # pylint: disable=protected-access
+  params, opt_state = state["params"], state["opt_state"]
+  hyper = train.make_hyper(exp)
+  one_step = chunk.lower(params, opt_state, hyper, jnp.arange(1)).compile()
   cost = one_step.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = float((cost or {}).get("flops", float("nan")))
   step = 0
-  params, opt_state, _ = chunk(params, opt_state, jnp.arange(step, step + steps_per_call))
+  params, opt_state, _, _ = chunk(params, opt_state, hyper,
+                                 jnp.arange(step, step + steps_per_call))
   jax.block_until_ready(params)
   times = []
   for _ in range(repeats):
     step += steps_per_call
     t0 = time.perf_counter()
-    params, opt_state, losses = chunk(params, opt_state, jnp.arange(step, step + steps_per_call))
+    params, opt_state, losses, _ = chunk(params, opt_state, hyper,
+                                       jnp.arange(step, step + steps_per_call))
     jax.block_until_ready(losses)
     times.append((time.perf_counter() - t0) / steps_per_call)
   return statistics.median(times), flops / 1e9

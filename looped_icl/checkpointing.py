@@ -28,6 +28,11 @@ def restore_latest(mngr: ocp.CheckpointManager, like):
   step = mngr.latest_step()
   if step is None:
     return 0, like
+  return step, restore(mngr, step, like)
+
+
+def restore(mngr: ocp.CheckpointManager, step: int, like):
+  """The state saved at ``step``, shaped like ``like`` (a clear error if it does not fit)."""
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
   try:
     restored = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
@@ -38,4 +43,4 @@ def restore_latest(mngr: ocp.CheckpointManager, like):
         f"new --workdir") from None
   # Orbax returns leafless nodes (optax's EmptyState) as {}; the leaves are in order, so rebuild
   # the exact structure of ``like``.
-  return step, jax.tree.unflatten(jax.tree.structure(like), jax.tree.leaves(restored))
+  return jax.tree.unflatten(jax.tree.structure(like), jax.tree.leaves(restored))

@@ -318,11 +318,8 @@ def from_config(config: ml_collections.ConfigDict) -> Experiment:
   return Experiment(seed=seed, task=task, model=model, train=train, solver=solver)
 
 
-def load(spec: str) -> ml_collections.ConfigDict:
-  """Loads ``"path/to/config.py[:ARG]"`` (a name like ``"default:quick"`` means configs/NAME.py).
-
-  The same files the CLIs take, for notebooks and tests: ``load("default:quick")``.
-  """
+def load_module(spec: str):
+  """(module, arg) of ``"path/to/config.py[:ARG]"`` or ``"NAME[:ARG]"`` (configs/NAME.py)."""
   path, _, arg = spec.partition(":")
   if not path.endswith(".py"):
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -333,4 +330,13 @@ def load(spec: str) -> ml_collections.ConfigDict:
       f"looped_icl_config_{os.path.basename(path)[:-3]}", path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
-  return module.get_config(arg or None)
+  return module, arg or None
+
+
+def load(spec: str) -> ml_collections.ConfigDict:
+  """Loads ``"path/to/config.py[:ARG]"`` (a name like ``"default:quick"`` means configs/NAME.py).
+
+  The same files the CLIs take, for notebooks and tests: ``load("default:quick")``.
+  """
+  module, arg = load_module(spec)
+  return module.get_config(arg)

@@ -19,6 +19,7 @@ The preconditioner family computes w_{l+1} = w_l + eta A^T X^T (y - X w_l) / n e
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import jax
@@ -70,6 +71,17 @@ class ModelConfig:
   @property
   def dim(self) -> int:
     return self.d + 1
+
+
+def with_eta(cfg: ModelConfig, eta) -> ModelConfig:
+  """``cfg`` with its step replaced by ``eta``, possibly a traced array (not validated).
+
+  For vmapped sweeps over eta: runs that differ only in eta share one compiled program. The
+  result is not hashable when eta is an array; use it inside traced code only.
+  """
+  out = copy.copy(cfg)
+  object.__setattr__(out, "eta", eta)
+  return out
 
 
 def init_params(key: jax.Array, cfg: ModelConfig) -> dict[str, jax.Array]:

@@ -33,26 +33,45 @@ def clip_per_matrix(max_norm: float) -> optax.GradientTransformation:
 
 
 def make_schedule(tc: config_lib.TrainConfig) -> optax.Schedule:
+  """The learning rate at each step: ``tc.learning_rate`` times :func:`make_unit_schedule`."""
+  unit = make_unit_schedule(tc)
+  return lambda step: tc.learning_rate * unit(step)
+
+
+def make_unit_schedule(tc: config_lib.TrainConfig) -> optax.Schedule:
+  """The schedule's shape, 1 at step 0: constant, step decay or cosine decay to 0."""
   if tc.schedule == "constant":
-    return optax.constant_schedule(tc.learning_rate)
+    return optax.constant_schedule(1.0)
   if tc.schedule == "step":
-    return optax.exponential_decay(tc.learning_rate, transition_steps=tc.decay_every,
+    return optax.exponential_decay(1.0, transition_steps=tc.decay_every,
                                    decay_rate=tc.decay_factor, staircase=True)
-  return optax.cosine_decay_schedule(tc.learning_rate, decay_steps=tc.steps)
+  return optax.cosine_decay_schedule(1.0, decay_steps=tc.steps)
 
 
-def make_optimizer(tc: config_lib.TrainConfig) -> optax.GradientTransformation:
-  """clip (per matrix, then global norm; each optional) -> adam | adamw | sgd with a schedule."""
-  schedule = make_schedule(tc)
+def make_direction(tc: config_lib.TrainConfig) -> optax.GradientTransformation:
+  """Everything but the peak learning rate: the update is ``-learning_rate * direction``.
+
+  clip (per matrix, then global norm; each optional) -> adam | adamw | sgd moments -> the unit
+  schedule. The trainer multiplies by the (traced) learning rate itself, so runs that differ only
+  in learning rate share one compiled program and a vmapped sweep can batch them.
+  """
   parts = []
   if tc.clip_per_matrix > 0:
     parts.append(clip_per_matrix(tc.clip_per_matrix))
   if tc.clip_global_norm > 0:
     parts.append(optax.clip_by_global_norm(tc.clip_global_norm))
-  if tc.optimizer == "adam":
-    parts.append(optax.adam(schedule, b1=tc.b1, b2=tc.b2))
-  elif tc.optimizer == "adamw":
-    parts.append(optax.adamw(schedule, b1=tc.b1, b2=tc.b2, weight_decay=tc.weight_decay))
-  else:
-    parts.append(optax.sgd(schedule, momentum=tc.momentum or None))
-  return optax.chain(*parts)
+  if tc.optimizer in ("adam", "adamw"):
+    parts.append(optax.scale_by_adam(b1=tc.b1, b2=tc.b2))
+    if tc.optimizer == "adamw":
+      parts.append(optax.add_decayed_weights(tc.weight_decay))
+  elif tc.momentum:
+    parts.append(optax.trace(decay=tc.momentum))
+  if tc.schedule != "constant":
+    parts.append(optax.scale_by_schedule(make_unit_schedule(tc)))
+  return optax.chain(*parts) if parts else optax.identity()
+
+
+def make_optimizer(tc: config_lib.TrainConfig) -> optax.GradientTransformation:
+  """The whole optimizer as one optax transformation: the direction scaled by -learning_rate
+  (what optax.adam/adamw/sgd with :func:`make_schedule` compute)."""
+  return optax.chain(make_direction(tc), optax.scale(-tc.learning_rate))

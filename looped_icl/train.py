@@ -16,6 +16,7 @@ same compiled chunks on the same data and ends with bit-identical parameters.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -26,6 +27,7 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
+from flax import struct
 
 from looped_icl import checkpointing
 from looped_icl import config_lib
@@ -33,6 +35,7 @@ from looped_icl import evaluate
 from looped_icl import losses
 from looped_icl import models
 from looped_icl import optim
+from looped_icl import sharding
 from looped_icl import tasks as tasks_lib
 from looped_icl import theory
 
@@ -53,45 +56,97 @@ def step_data_key(data_key: jax.Array, step: jax.Array, resample_every: int) -> 
   return jax.random.fold_in(data_key, index)
 
 
-def make_objective(exp: config_lib.Experiment):
-  """loss(params, key) for the configured objective, drawing its own data from ``key``."""
-  task, model, tc = exp.task, exp.model, exp.train
+@struct.dataclass
+class Hyper:
+  """The numbers that runs of one compiled training program may differ in (traced leaves).
+
+  A vmapped sweep stacks one Hyper per run: runs that differ only in seed, learning rate, looped
+  step eta, label noise or covariance share a program. ``data_key`` is the raw key data of the
+  run's data key (root_keys(seed)["data"]).
+  """
+  data_key: jax.Array
+  learning_rate: jax.Array
+  eta: jax.Array
+  task: tasks_lib.TaskDistribution
+
+
+def make_hyper(exp: config_lib.Experiment) -> Hyper:
+  dtype = exp.task.cov.dtype
+  return Hyper(data_key=jax.random.key_data(root_keys(exp.seed)["data"]),
+               learning_rate=jnp.asarray(exp.train.learning_rate, dtype),
+               eta=jnp.asarray(exp.model.eta, dtype), task=exp.task)
+
+
+def make_objective(exp: config_lib.Experiment, layout: sharding.Layout | None = None):
+  """loss(params, key, hyper) for the configured objective, drawing its own data from ``key``.
+
+  The task law and eta come from ``hyper`` (traced); the rest of ``exp`` is static. With a
+  ``layout``, each step's batch is split over its mesh.
+  """
+  model, tc = exp.model, exp.train
+
+  def constrain(batch):
+    return batch if layout is None else layout.constrain_batch(batch, tc.batch_size)
+
   if tc.objective == "population":
-    def objective(params, key):
-      s = tasks_lib.sample_empirical_covariance(key, task, tc.batch_size)
-      return losses.population_loss(params, model, task, s)
+    def objective(params, key, hyper):
+      s = constrain(tasks_lib.sample_empirical_covariance(key, hyper.task, tc.batch_size))
+      return losses.population_loss(params, models.with_eta(model, hyper.eta), hyper.task, s)
   elif tc.forward == "gram":
-    def objective(params, key):
-      return losses.mc_loss(params, model, tasks_lib.sample_gram(key, task, tc.batch_size))
+    def objective(params, key, hyper):
+      batch = constrain(tasks_lib.sample_gram(key, hyper.task, tc.batch_size))
+      return losses.mc_loss(params, models.with_eta(model, hyper.eta), batch)
   else:
-    def objective(params, key):
-      batch = tasks_lib.sample_tasks(key, task, tc.batch_size)
-      return losses.mc_loss(params, model, batch, forward="tokens")
+    def objective(params, key, hyper):
+      batch = constrain(tasks_lib.sample_tasks(key, hyper.task, tc.batch_size))
+      return losses.mc_loss(params, models.with_eta(model, hyper.eta), batch, forward="tokens")
   return objective
 
 
-def make_train_chunk(exp: config_lib.Experiment, optimizer: optax.GradientTransformation,
-                     data_key: jax.Array):
-  """A jitted ``chunk(params, opt_state, steps_K) -> (params, opt_state, losses_K, grad_norms_K)``.
+def make_chunk_fn(exp: config_lib.Experiment, layout: sharding.Layout | None = None):
+  """The pure (un-jitted) ``chunk(params, opt_state, hyper, steps_K) -> (params, opt_state,
+  losses_K, grad_norms_K)``: ``len(steps_K)`` training steps in one lax.scan.
 
-  ``grad_norms_K`` are the global norms of the raw (unclipped) gradients of each step.
+  ``grad_norms_K`` are the global norms of the raw (unclipped) gradients of each step. The
+  update is -hyper.learning_rate * direction (see :func:`optim.make_direction`).
   """
-  objective = make_objective(exp)
+  objective = make_objective(exp, layout)
+  direction = optim.make_direction(exp.train)
   resample_every = exp.train.resample_every
 
-  def train_step(carry, step):
-    params, opt_state = carry
-    key = step_data_key(data_key, step, resample_every)
-    loss, grads = jax.value_and_grad(objective)(params, key)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), opt_state), (loss, optax.tree.norm(grads))
+  def chunk(params, opt_state, hyper, steps_K):
+    data_key = jax.random.wrap_key_data(hyper.data_key)
 
-  def chunk(params, opt_state, steps_K):
+    def train_step(carry, step):
+      params, opt_state = carry
+      key = step_data_key(data_key, step, resample_every)
+      loss, grads = jax.value_and_grad(objective)(params, key, hyper)
+      updates, opt_state = direction.update(grads, opt_state, params)
+      params = jax.tree.map(lambda p, u: p - hyper.learning_rate * u, params, updates)
+      return (params, opt_state), (loss, optax.tree.norm(grads))
+
     (params, opt_state), (losses_K, grad_norms_K) = jax.lax.scan(
         train_step, (params, opt_state), steps_K)
     return params, opt_state, losses_K, grad_norms_K
 
-  return jax.jit(chunk, donate_argnums=(0, 1))
+  return chunk
+
+
+def make_train_chunk(exp: config_lib.Experiment, layout: sharding.Layout | None = None,
+                     num_runs: int | None = None):
+  """The jitted chunk of one run (``num_runs`` None) or of a vmapped group of ``num_runs`` runs
+  (params, opt_state and hyper stacked on a leading axis; losses (num_runs, K)).
+
+  Inputs and outputs are placed by ``layout`` (jit in/out shardings); params and optimizer state
+  are donated.
+  """
+  layout = sharding.layout_for(num_runs) if layout is None else layout
+  chunk = make_chunk_fn(exp, layout)
+  if num_runs is not None:
+    chunk = jax.vmap(chunk, in_axes=(0, 0, 0, None))
+  state, rep = layout.state(), layout.replicated()
+  return jax.jit(chunk, donate_argnums=(0, 1), in_shardings=(state, state, state, rep),
+                 out_shardings=(state, state, state, state))
 
 
 def make_alignment_metrics(exp: config_lib.Experiment):
@@ -131,95 +186,199 @@ def _read_metrics(path: str, up_to_step: int) -> list[dict]:
   return [r for r in rows if r["step"] <= up_to_step]
 
 
-def train(exp: config_lib.Experiment, workdir: str):
-  """Trains (resuming from the latest checkpoint in ``workdir``); returns (params, metrics)."""
-  tc = exp.train
-  keys = root_keys(exp.seed)
-  optimizer = optim.make_optimizer(tc)
-  schedule = optim.make_schedule(tc)
-  params = models.init_params(keys["init"], exp.model)
-  state = {"params": params, "opt_state": optimizer.init(params)}
-  mngr = checkpointing.manager(workdir, tc.keep_checkpoints)
-  start, state = checkpointing.restore_latest(mngr, state)
-  if start:
-    logging.info("Resuming from the checkpoint at step %d in %s", start, workdir)
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
-  history = _read_metrics(metrics_path, start)
-  with open(metrics_path, "w") as f:  # drop rows logged after the checkpoint we resume from
-    f.writelines(json.dumps(r) + "\n" for r in history)
+def _initial_state(exp: config_lib.Experiment) -> dict:
+  params = models.init_params(root_keys(exp.seed)["init"], exp.model)
+  return {"params": params, "opt_state": optim.make_direction(exp.train).init(params)}
 
-  chunk = make_train_chunk(exp, optimizer, keys["data"])
-  alignment = make_alignment_metrics(exp)
+
+def _restore(exps, mngrs) -> tuple[int, list[dict]]:
+  """The step the runs resume from and their states there (0 and fresh states if none).
+
+  The runs of a group checkpoint together; if a preemption hit between their saves, the latest
+  step they all have is used (a fresh start if keep_checkpoints already dropped it).
+  """
+  fresh = [_initial_state(exp) for exp in exps]
+  if len(exps) == 1:
+    step, state = checkpointing.restore_latest(mngrs[0], fresh[0])
+    return step, [state]
+  common = set.intersection(*(set(m.all_steps()) for m in mngrs))
+  if not common:
+    if any(m.latest_step() is not None for m in mngrs):
+      logging.warning("the runs of this group have no checkpoint step in common; starting again")
+    return 0, fresh
+  step = max(common)
+  return step, [checkpointing.restore(m, step, like) for m, like in zip(mngrs, fresh)]
+
+
+def _stack(trees):
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def _unstack(tree, num: int):
+  return [jax.tree.map(lambda x, i=i: x[i], tree) for i in range(num)]
+
+
+def train(exp: config_lib.Experiment, workdir: str, *, mesh=None):
+  """Trains (resuming from the latest checkpoint in ``workdir``); returns (params, metrics).
+
+  The step's batch is split over ``mesh`` (default: every device; see :mod:`sharding`).
+  Raises :class:`TrainingDiverged` (keeping the last good checkpoint) on a NaN/inf.
+  """
+  (run,) = train_runs([exp], [workdir], mesh=mesh)
+  if run.diverged:
+    raise TrainingDiverged(run.diverged)
+  return run.params, run.history
+
+
+@dataclasses.dataclass
+class Run:
+  """One run's outcome: final params, metrics rows, and the divergence message (or None)."""
+  params: dict
+  history: list[dict]
+  diverged: str | None = None
+
+
+def train_runs(exps: list[config_lib.Experiment], workdirs: list[str], *, mesh=None,
+               vmap: bool | None = None) -> list[Run]:
+  """Trains runs that share one compiled program (the same static config; see :class:`Hyper`),
+  each in its own workdir with the usual contract, resuming each from its checkpoints.
+
+  With ``vmap`` (default: more than one run) the runs are stacked and trained by one vmapped
+  program, split over ``mesh``; otherwise there must be one run. A run that diverges stops
+  (its last good checkpoint kept) while the others go on.
+  """
+  num = len(exps)
+  vmap = num > 1 if vmap is None else vmap
+  if not vmap and num != 1:
+    raise ValueError(f"train_runs without vmap takes one run, got {num}")
+  tc = exps[0].train
+  mngrs = [checkpointing.manager(w, tc.keep_checkpoints) for w in workdirs]
+  start, states = _restore(exps, mngrs)
+  if start:
+    logging.info("Resuming %d run(s) from the checkpoint at step %d (%s)", num, start,
+                 workdirs[0] if num == 1 else os.path.dirname(os.path.abspath(workdirs[0])))
+  histories, metric_files = [], []
+  for w in workdirs:
+    path = os.path.join(w, "metrics.jsonl")
+    histories.append(_read_metrics(path, start))
+    if sharding.is_primary():
+      with open(path, "w") as f:  # drop rows logged after the checkpoint we resume from
+        f.writelines(json.dumps(r) + "\n" for r in histories[-1])
+      metric_files.append(open(path, "a"))
+
+  layout = sharding.layout_for(num if vmap else None, mesh)
+  chunk = make_train_chunk(exps[0], layout, num if vmap else None)
+  hyper = sharding.put(_stack([make_hyper(e) for e in exps]) if vmap else make_hyper(exps[0]),
+                       layout.state())
+  state = sharding.put(_stack(states) if vmap else states[0], layout.state())
+  unit_schedule = optim.make_unit_schedule(tc)
+  alignments = [make_alignment_metrics(e) for e in exps]
+  diverged: list[str | None] = [None] * num
   step, t_start = start, time.perf_counter()
-  with open(metrics_path, "a") as metrics_file:
-    while step < tc.steps:
+  try:
+    while step < tc.steps and not all(diverged):
       length = min(tc.log_every - step % tc.log_every, tc.steps - step)
       t0 = time.perf_counter()
       params, opt_state, losses_K, grad_norms_K = chunk(
-          state["params"], state["opt_state"], jnp.arange(step, step + length))
-      losses_K = np.asarray(losses_K)
-      if not (np.all(np.isfinite(losses_K)) and _all_finite(params)):
-        bad = int(np.argmax(~np.isfinite(losses_K))) if not np.all(np.isfinite(losses_K)) else (
-            length - 1)
-        mngr.wait_until_finished()
-        last = mngr.latest_step()
-        kept = (f"the last good checkpoint (step {last}) is kept in {workdir}/checkpoints"
-                if last is not None else "no checkpoint had been written yet")
-        raise TrainingDiverged(
-            f"training diverged at step {step + bad} (loss {losses_K[bad]}); {kept}. "
-            f"Remedies: lower train.learning_rate (now {tc.learning_rate}), set "
-            f"train.clip_global_norm or train.clip_per_matrix, or lower model.init_scale/eta.")
-      state = {"params": params, "opt_state": opt_state}
-      step += length
-      elapsed = time.perf_counter() - t_start
+          state["params"], state["opt_state"], hyper, jnp.arange(step, step + length))
+      losses_RxK = np.asarray(losses_K).reshape(num, length)
+      grad_norms_R = np.asarray(grad_norms_K).reshape(num, length)[:, -1]
+      new_state = {"params": params, "opt_state": opt_state}
+      per_run = _unstack(new_state, num) if vmap else [new_state]
       steps_per_s = length / max(time.perf_counter() - t0, 1e-9)
-      row = {"step": step, "loss": float(np.mean(losses_K)), "last_loss": float(losses_K[-1]),
-             "grad_norm": float(grad_norms_K[-1]), "learning_rate": float(schedule(step - 1)),
-             "steps_per_s": steps_per_s, "wall_time_s": elapsed}
-      row.update(alignment(params))
-      if tc.mode == "gradient_flow":
-        row["flow_time"] = step * tc.learning_rate
-      metrics_file.write(json.dumps(row) + "\n")
-      metrics_file.flush()
-      history.append(row)
-      logging.info("step %d/%d  loss %.4g  %.1f steps/s  ETA %s", step, tc.steps, row["loss"],
-                   steps_per_s, _format_eta((tc.steps - step) / max(steps_per_s, 1e-9)))
+      for r in range(num):
+        if diverged[r]:
+          continue
+        if not (np.all(np.isfinite(losses_RxK[r])) and _all_finite(per_run[r]["params"])):
+          diverged[r] = _divergence_message(exps[r], workdirs[r], mngrs[r], step, losses_RxK[r])
+          logging.error("%s", diverged[r])
+          continue
+        row = {"step": step + length, "loss": float(np.mean(losses_RxK[r])),
+               "last_loss": float(losses_RxK[r, -1]), "grad_norm": float(grad_norms_R[r]),
+               "learning_rate": float(exps[r].train.learning_rate
+                                      * unit_schedule(step + length - 1)),
+               "steps_per_s": steps_per_s, "wall_time_s": time.perf_counter() - t_start}
+        row.update(alignments[r](per_run[r]["params"]))
+        if tc.mode == "gradient_flow":
+          row["flow_time"] = (step + length) * exps[r].train.learning_rate
+        if metric_files:
+          metric_files[r].write(json.dumps(row) + "\n")
+          metric_files[r].flush()
+        histories[r].append(row)
+      state = new_state
+      step += length
+      live = [r for r in range(num) if not diverged[r]]
+      if live:
+        logging.info("step %d/%d  loss %s  %.1f steps/s  ETA %s", step, tc.steps,
+                     " ".join(f"{histories[r][-1]['loss']:.4g}" for r in live[:8])
+                     + (" ..." if len(live) > 8 else ""),
+                     steps_per_s, _format_eta((tc.steps - step) / max(steps_per_s, 1e-9)))
       if step % tc.checkpoint_every == 0 or step == tc.steps:
-        checkpointing.save(mngr, step, state)
+        for r in live:
+          checkpointing.save(mngrs[r], step, per_run[r])
+  finally:
+    for f in metric_files:
+      f.close()
+    for m in mngrs:
+      m.wait_until_finished()
+      m.close()
+  final = _unstack(state["params"], num) if vmap else [state["params"]]
+  return [Run(p, h, d) for p, h, d in zip(final, histories, diverged)]
+
+
+def _divergence_message(exp, workdir, mngr, step, losses_K) -> str:
+  bad = int(np.argmax(~np.isfinite(losses_K))) if not np.all(np.isfinite(losses_K)) else (
+      len(losses_K) - 1)
   mngr.wait_until_finished()
-  mngr.close()
-  return state["params"], history
+  last = mngr.latest_step()
+  kept = (f"the last good checkpoint (step {last}) is kept in {workdir}/checkpoints"
+          if last is not None else "no checkpoint had been written yet")
+  tc = exp.train
+  return (f"training diverged at step {step + bad} (loss {losses_K[bad]}); {kept}. "
+          f"Remedies: lower train.learning_rate (now {tc.learning_rate}), set "
+          f"train.clip_global_norm or train.clip_per_matrix, or lower model.init_scale/eta.")
 
 
 def load_trained_params(exp: config_lib.Experiment, workdir: str):
   """The params of the latest checkpoint in ``workdir`` (None if there is none)."""
   if not os.path.isdir(os.path.join(workdir, "checkpoints")):
     return None
-  optimizer = optim.make_optimizer(exp.train)
-  params = models.init_params(root_keys(exp.seed)["init"], exp.model)
   mngr = checkpointing.manager(workdir, exp.train.keep_checkpoints)
-  step, state = checkpointing.restore_latest(
-      mngr, {"params": params, "opt_state": optimizer.init(params)})
+  step, state = checkpointing.restore_latest(mngr, _initial_state(exp))
   mngr.close()
   return state["params"] if step else None
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Validates ``config``, trains into ``workdir`` and writes the summary and figures."""
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> config_lib.Experiment:
+  """Validates ``config`` (a bad field raises ValueError) and writes workdir/config.json."""
   exp = config_lib.from_config(config)
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
+  if sharding.is_primary():
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  return exp
+
+
+def finish(exp: config_lib.Experiment, workdir: str, params, history: list[dict],
+           train_time: float) -> dict:
+  """Evaluates trained ``params``; writes summary.json and the figures; returns the summary."""
   t0 = time.perf_counter()
-  params, history = train(exp, workdir)
-  train_time = time.perf_counter() - t0
   summary = evaluate.summarize(params, exp, root_keys(exp.seed)["eval"])
   summary.update(steps=exp.train.steps, train_wall_time_s=train_time,
-                 wall_time_s=time.perf_counter() - t0)
-  with open(os.path.join(workdir, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=2)
-  evaluate.write_figures(workdir, exp, summary, history)
+                 wall_time_s=train_time + time.perf_counter() - t0)
+  if sharding.is_primary():
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+      json.dump(summary, f, indent=2)
+    evaluate.write_figures(workdir, exp, summary, history)
   logging.info("final_eval_loss %.5g (population %s) in %.1f s; summary in %s",
                summary["final_eval_loss"], summary.get("population_loss"),
                summary["wall_time_s"], workdir)
   return summary
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Validates ``config``, trains into ``workdir`` and writes the summary and figures."""
+  exp = write_config(config, workdir)
+  t0 = time.perf_counter()
+  params, history = train(exp, workdir)
+  return finish(exp, workdir, params, history, time.perf_counter() - t0)

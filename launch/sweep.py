@@ -1,0 +1,28 @@
+r"""Run a config's sweep: ``python -m launch.sweep --config=configs/NAME.py[:ARG] --workdir=DIR``.
+
+Every grid point trains in ``DIR/points/NAME`` (the launch.train workdir contract); points that
+share shapes are vmapped into one program; ``DIR/sweep.csv`` and ``DIR/sweep.png`` summarise.
+Rerunning skips finished points and resumes interrupted ones. ``--novmap`` trains one point at a
+time. Exit codes: 0 ok, 2 invalid config or grid.
+"""
+
+from absl import flags
+
+from launch import cli
+from looped_icl import sweep
+
+_CONFIG = flags.DEFINE_string("config", None, "Config file with get_sweep, [:ARG] optional.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (resumed if it exists).")
+_VMAP = flags.DEFINE_bool("vmap", True, "Batch the points that share shapes with vmap.")
+flags.mark_flags_as_required(["config", "workdir"])
+_INIT_MULTIHOST = cli.define_multihost_flags()
+
+
+def main(argv):
+  del argv
+  _INIT_MULTIHOST()
+  cli.run_or_exit(lambda: sweep.run(_CONFIG.value, _WORKDIR.value, vmap=_VMAP.value))
+
+
+if __name__ == "__main__":
+  cli.run(main)
