@@ -37,6 +37,11 @@ WORKLOADS = {
     "population": [("L3 d5 n20 S4096", {
         "model.kind": "layered", "model.num_layers": 3, "model.parametrization": "preconditioner",
         "train.batch_size": 4096, "train.objective": "population"})],
+    # A sweep's seeds as one vmapped program (train.train_runs): cost of 8 runs vs 1.
+    "seeds_vmap": [(f"looped L4 d5 n20 B1024 x{runs}", {
+        "runs": runs, "model.kind": "looped", "model.num_layers": 4,
+        "model.parametrization": "preconditioner", "train.batch_size": 1024,
+        "train.objective": "population"}) for runs in (1, 8)],
 }
 
 
@@ -59,6 +64,8 @@ class Result:
 def _experiment(overrides: dict, forward: str) -> config_lib.Experiment:
   config = config_lib.base_config()
   for path, value in overrides.items():
+    if path == "runs":
+      continue
     section, field = path.split(".")
     config[section][field] = value
   config.train.forward = forward
@@ -79,12 +86,19 @@ def matmul_peak_gflops(size: int = 1024, repeats: int = 10) -> float:
   return 2 * size**3 / statistics.median(times) / 1e9
 
 
-def time_steps(exp: config_lib.Experiment, steps_per_call: int = 10, repeats: int = 5):
-  """(median seconds per step, XLA GFLOP of one step)."""
-  chunk = train.make_train_chunk(exp)
-  state = train._initial_state(exp)  # pylint: disable=protected-access
+def time_steps(exp: config_lib.Experiment, steps_per_call: int = 10, repeats: int = 5,
+               runs: int | None = None):
+  """(median seconds per step, XLA GFLOP of one step); ``runs``: a vmapped group of that many
+  runs (seeds 0..runs-1), timed per step of the whole group."""
+  chunk = train.make_train_chunk(exp, num_runs=runs)
+  exps = [exp] if runs is None else [dataclasses.replace(exp, seed=s) for s in range(runs)]
+  states = [train.initial_state(e) for e in exps]
+  hypers = [train.make_hyper(e) for e in exps]
+  if runs is None:
+    state, hyper = states[0], hypers[0]
+  else:
+    state, hyper = train.stack(states), train.stack(hypers)
   params, opt_state = state["params"], state["opt_state"]
-  hyper = train.make_hyper(exp)
   one_step = chunk.lower(params, opt_state, hyper, jnp.arange(1)).compile()
   cost = one_step.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -117,10 +131,13 @@ def run(names=None, forwards=("gram",), steps_per_call: int = 10, repeats: int =
                                     or overrides.get("task.n", 20) > TOKENS_MAX_N):
           continue  # no token path for the population objective; (n+1)^2 scores too large
         exp = _experiment(overrides, forward)
-        seconds, gflop = time_steps(exp, steps_per_call, repeats)
+        runs = overrides.get("runs")
+        seconds, gflop = time_steps(exp, steps_per_call, repeats,
+                                    runs=None if runs in (None, 1) else runs)
         gflops = gflop / seconds
-        results.append(Result(name, label, forward, 1 / seconds, exp.train.batch_size / seconds,
-                              gflop, gflops, 100 * gflops / peak))
+        results.append(Result(name, label, forward, 1 / seconds,
+                              exp.train.batch_size * (runs or 1) / seconds, gflop, gflops,
+                              100 * gflops / peak))
   return peak, results
 
 

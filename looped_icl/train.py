@@ -9,6 +9,10 @@
   summary.json     final evaluation (see :mod:`looped_icl.evaluate`)
   figures/*.png    loss curve, learned preconditioners vs Sigma^-1, loss vs loops
 
+One run (:func:`train`) and a vmapped group of runs that share shapes (:func:`train_runs`, used
+by sweeps) execute the same pure chunk function (:func:`make_chunk_fn`); what runs may differ in
+is the traced :class:`Hyper`. Every chunk is data parallel over the devices (:mod:`sharding`).
+
 Reproducibility: the step-t data key is fold_in(fold_in(key(seed), 1), t // resample_every), and
 chunks always end on multiples of ``log_every``, so a run resumed from a checkpoint executes the
 same compiled chunks on the same data and ends with bit-identical parameters.
@@ -186,7 +190,8 @@ def _read_metrics(path: str, up_to_step: int) -> list[dict]:
   return [r for r in rows if r["step"] <= up_to_step]
 
 
-def _initial_state(exp: config_lib.Experiment) -> dict:
+def initial_state(exp: config_lib.Experiment) -> dict:
+  """{params, opt_state} at step 0 (params from root_keys(seed)["init"])."""
   params = models.init_params(root_keys(exp.seed)["init"], exp.model)
   return {"params": params, "opt_state": optim.make_direction(exp.train).init(params)}
 
@@ -197,7 +202,7 @@ def _restore(exps, mngrs) -> tuple[int, list[dict]]:
   The runs of a group checkpoint together; if a preemption hit between their saves, the latest
   step they all have is used (a fresh start if keep_checkpoints already dropped it).
   """
-  fresh = [_initial_state(exp) for exp in exps]
+  fresh = [initial_state(exp) for exp in exps]
   if len(exps) == 1:
     step, state = checkpointing.restore_latest(mngrs[0], fresh[0])
     return step, [state]
@@ -210,11 +215,13 @@ def _restore(exps, mngrs) -> tuple[int, list[dict]]:
   return step, [checkpointing.restore(m, step, like) for m, like in zip(mngrs, fresh)]
 
 
-def _stack(trees):
+def stack(trees):
+  """Stacks runs' pytrees on a new leading axis (the layout of a vmapped group)."""
   return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
-def _unstack(tree, num: int):
+def unstack(tree, num: int):
+  """The inverse of :func:`stack`: ``num`` pytrees."""
   return [jax.tree.map(lambda x, i=i: x[i], tree) for i in range(num)]
 
 
@@ -268,9 +275,9 @@ def train_runs(exps: list[config_lib.Experiment], workdirs: list[str], *, mesh=N
 
   layout = sharding.layout_for(num if vmap else None, mesh)
   chunk = make_train_chunk(exps[0], layout, num if vmap else None)
-  hyper = sharding.put(_stack([make_hyper(e) for e in exps]) if vmap else make_hyper(exps[0]),
+  hyper = sharding.put(stack([make_hyper(e) for e in exps]) if vmap else make_hyper(exps[0]),
                        layout.state())
-  state = sharding.put(_stack(states) if vmap else states[0], layout.state())
+  state = sharding.put(stack(states) if vmap else states[0], layout.state())
   unit_schedule = optim.make_unit_schedule(tc)
   alignments = [make_alignment_metrics(e) for e in exps]
   diverged: list[str | None] = [None] * num
@@ -284,7 +291,7 @@ def train_runs(exps: list[config_lib.Experiment], workdirs: list[str], *, mesh=N
       losses_RxK = np.asarray(losses_K).reshape(num, length)
       grad_norms_R = np.asarray(grad_norms_K).reshape(num, length)[:, -1]
       new_state = {"params": params, "opt_state": opt_state}
-      per_run = _unstack(new_state, num) if vmap else [new_state]
+      per_run = unstack(new_state, num) if vmap else [new_state]
       steps_per_s = length / max(time.perf_counter() - t0, 1e-9)
       for r in range(num):
         if diverged[r]:
@@ -322,7 +329,7 @@ def train_runs(exps: list[config_lib.Experiment], workdirs: list[str], *, mesh=N
     for m in mngrs:
       m.wait_until_finished()
       m.close()
-  final = _unstack(state["params"], num) if vmap else [state["params"]]
+  final = unstack(state["params"], num) if vmap else [state["params"]]
   return [Run(p, h, d) for p, h, d in zip(final, histories, diverged)]
 
 
@@ -344,7 +351,7 @@ def load_trained_params(exp: config_lib.Experiment, workdir: str):
   if not os.path.isdir(os.path.join(workdir, "checkpoints")):
     return None
   mngr = checkpointing.manager(workdir, exp.train.keep_checkpoints)
-  step, state = checkpointing.restore_latest(mngr, _initial_state(exp))
+  step, state = checkpointing.restore_latest(mngr, initial_state(exp))
   mngr.close()
   return state["params"] if step else None
 

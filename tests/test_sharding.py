@@ -32,12 +32,11 @@ WORKER = textwrap.dedent("""
       config.train.steps = config.train.log_every = config.train.checkpoint_every = steps
       return config_lib.from_config(config)
 
-    # One run: population objective (samples of S) and Monte Carlo Gram tasks.
-    for name in ("default:quick", "ahn_multilayer:quick"):
-      exp = quick(name)
-      p1, _ = train.train(exp, f"{workdir}/{name}-1", mesh=one)
-      p4, _ = train.train(exp, f"{workdir}/{name}-4")
-      out[name] = rel(p1, p4)
+    # One run, Monte Carlo Gram tasks (the population objective is covered by the group below).
+    exp = quick("ahn_multilayer:quick")
+    p1, _ = train.train(exp, f"{workdir}/one", mesh=one)
+    p4, _ = train.train(exp, f"{workdir}/four")
+    out["single_run"] = rel(p1, p4)
 
     # The batch really is split: each device holds B / 4 of the tasks.
     exp = quick("ahn_multilayer:quick")
@@ -48,7 +47,7 @@ WORKER = textwrap.dedent("""
     out["batch_equal_to_one_device"] = bool(np.array_equal(
         np.asarray(batch.gram), np.asarray(tasks.sample_gram(jax.random.key(0), exp.task, 64).gram)))
     hlo = train.make_train_chunk(exp, layout).lower(
-        *(lambda s: (s["params"], s["opt_state"]))(train._initial_state(exp)),
+        *(lambda s: (s["params"], s["opt_state"]))(train.initial_state(exp)),
         train.make_hyper(exp), jax.numpy.arange(1)).compile().as_text()
     out["chunk_is_partitioned"] = "all-reduce" in hlo
 
@@ -83,12 +82,11 @@ def test_four_devices(result):
   assert result["devices"] == 4
 
 
-@pytest.mark.parametrize("name", ["default:quick", "ahn_multilayer:quick"])
-def test_sharded_training_equals_single_device(result, name):
+def test_sharded_training_equals_single_device(result):
   # Same data (partitionable threefry), same math; only the batch mean's summation order differs
-  # (per-device partial sums + all-reduce). Measured 1.0e-7 (population) and 5.4e-7 (MC) after 10
-  # Adam steps in float32.
-  assert result[name] <= 1e-6
+  # (per-device partial sums + all-reduce). Measured 5.4e-7 after 10 float32 Adam steps (1.0e-7
+  # for the population objective).
+  assert result["single_run"] <= 1e-6
 
 
 def test_batch_is_split_over_devices(result):
@@ -99,4 +97,4 @@ def test_batch_is_split_over_devices(result):
 
 def test_vmapped_group_is_split_by_run_and_equals_one_device(result):
   assert result["split_runs"]
-  assert result["group"] <= 1e-6
+  assert result["group"] <= 1e-6   # measured 0: each device trains whole runs, no collectives
