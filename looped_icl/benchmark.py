@@ -38,10 +38,11 @@ WORKLOADS = {
         "model.kind": "layered", "model.num_layers": 3, "model.parametrization": "preconditioner",
         "train.batch_size": 4096, "train.objective": "population"})],
     # A sweep's seeds as one vmapped program (train.train_runs): cost of 8 runs vs 1.
-    "seeds_vmap": [(f"looped L4 d5 n20 B1024 x{runs}", {
+    # Cheaper than 8x only while one run leaves the machine idle (small batches).
+    "seeds_vmap": [(f"looped L4 d5 n20 B{batch} x{runs}", {
         "runs": runs, "model.kind": "looped", "model.num_layers": 4,
-        "model.parametrization": "preconditioner", "train.batch_size": 1024,
-        "train.objective": "population"}) for runs in (1, 8)],
+        "model.parametrization": "preconditioner", "train.batch_size": batch,
+        "train.objective": "population"}) for batch in (64, 256, 1024) for runs in (1, 8)],
 }
 
 
