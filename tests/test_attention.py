@@ -183,3 +183,26 @@ def test_shape_and_activation_errors():
     attention.forward_tokens(jnp.zeros((3, 5, 5)), jnp.zeros((3, 5, 5)), jnp.ones(3), z)
   with pytest.raises(AssertionError):
     attention.forward_gram(p, p, jnp.ones(3), jnp.zeros((2, 4, 4)), jnp.zeros((2, 3)), n=4)
+
+
+def test_gram_forward_gradients_equal_token_autodiff(x64):
+  """The Gram path's hand-written reverse mode equals autodiff of the token path (P, Q, eta)."""
+  keys = jax.random.split(jax.random.key(7), 4)
+  task = tasks.make_task(jnp.diag(jnp.array([1.0, 0.5, 2.0])), 7, noise_std=0.3)
+  batch = tasks.sample_tasks(keys[0], task, 11)
+  gram = tasks.to_gram(batch)
+  p = 0.3 * jax.random.normal(keys[1], (2, 4, 4))
+  q = 0.3 * jax.random.normal(keys[2], (2, 4, 4))
+  eta = jnp.array([0.7, 1.3])
+  weights_L = jax.random.normal(keys[3], (2,))
+
+  def loss(forward, p, q, eta):
+    preds_BxL = forward(p, q, eta)
+    return jnp.sum(jnp.mean((preds_BxL - batch.y_query[:, None]) ** 2, axis=0) * weights_L)
+
+  tokens = lambda p, q, eta: attention.forward_tokens(p, q, eta, tasks.to_prompt(batch))
+  grams = lambda p, q, eta: attention.forward_gram(p, q, eta, gram.gram, gram.query, 7)
+  expected = jax.grad(functools.partial(loss, tokens), argnums=(0, 1, 2))(p, q, eta)
+  got = jax.grad(functools.partial(loss, grams), argnums=(0, 1, 2))(p, q, eta)
+  for e, g in zip(expected, got):
+    np.testing.assert_allclose(g, e, rtol=1e-9, atol=1e-12)
