@@ -258,6 +258,10 @@ def train_runs(exps: list[config_lib.Experiment], workdirs: list[str], *, mesh=N
   vmap = num > 1 if vmap is None else vmap
   if not vmap and num != 1:
     raise ValueError(f"train_runs without vmap takes one run, got {num}")
+  if len(workdirs) != num:
+    raise ValueError(f"workdirs must have one entry per run ({num}), got {len(workdirs)}")
+  for exp in exps[1:]:
+    _check_same_program(exps[0], exp)
   tc = exps[0].train
   mngrs = [checkpointing.manager(w, tc.keep_checkpoints) for w in workdirs]
   start, states = _restore(exps, mngrs)
@@ -331,6 +335,26 @@ def train_runs(exps: list[config_lib.Experiment], workdirs: list[str], *, mesh=N
       m.close()
   final = unstack(state["params"], num) if vmap else [state["params"]]
   return [Run(p, h, d) for p, h, d in zip(final, histories, diverged)]
+
+
+def _check_same_program(a: config_lib.Experiment, b: config_lib.Experiment) -> None:
+  """Runs of one vmapped group may differ only in the fields of :class:`Hyper`."""
+  def static(exp):
+    t = exp.task
+    return {"model": dataclasses.replace(exp.model, eta=1.0),
+            "train": dataclasses.replace(exp.train, learning_rate=1.0),
+            "task.d": t.d, "task.n": t.n, "task.weight_prior": t.weight_prior,
+            "task.design": t.design, "task.random_cov_kappa": t.random_cov_kappa}
+  sa, sb = static(a), static(b)
+  for key in sa:
+    if sa[key] == sb[key]:
+      continue
+    name = key
+    if key in ("model", "train"):
+      name += "." + next(f.name for f in dataclasses.fields(sa[key])
+                         if getattr(sa[key], f.name) != getattr(sb[key], f.name))
+    raise ValueError(f"{name} differs between runs of one vmapped group; only seed, learning "
+                     f"rate, eta, noise and covariance may (see train.Hyper)")
 
 
 def _divergence_message(exp, workdir, mngr, step, losses_K) -> str:

@@ -180,3 +180,13 @@ def test_a_diverging_run_stops_alone(tmp_path):
   mngr = checkpointing.manager(str(tmp_path / "bad"), 3)
   assert mngr.latest_step() == (bad.history[-1]["step"] if bad.history else None)
   mngr.close()
+
+
+def test_a_group_must_share_its_program(tmp_path):
+  exps = []
+  for layers in (1, 2):
+    config = config_lib.load("sweep_loops:quick")
+    config.model.num_layers = layers
+    exps.append(config_lib.from_config(config))
+  with pytest.raises(ValueError, match="^model.num_layers differs between runs"):
+    train.train_runs(exps, [str(tmp_path / "a"), str(tmp_path / "b")])
