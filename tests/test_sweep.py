@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 import textwrap
 
 import jax
@@ -190,3 +192,14 @@ def test_a_group_must_share_its_program(tmp_path):
     exps.append(config_lib.from_config(config))
   with pytest.raises(ValueError, match="^model.num_layers differs between runs"):
     train.train_runs(exps, [str(tmp_path / "a"), str(tmp_path / "b")])
+
+
+def test_cli_without_a_grid_is_one_line_exit_2(tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-m", "launch.sweep", "--config=configs/default.py:quick",
+                        f"--workdir={tmp_path}"], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=300, check=False)
+  assert out.returncode == 2
+  assert out.stderr.strip().splitlines()[-1].startswith("error: config 'configs/default.py:quick' "
+                                                        "has no get_sweep(arg)")
+  assert "Traceback" not in out.stderr
