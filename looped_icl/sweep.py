@@ -37,6 +37,7 @@ from absl import logging
 from looped_icl import config_lib
 from looped_icl import plotting
 from looped_icl import sharding
+from looped_icl import tables
 from looped_icl import train
 
 # Fields that enter training only as traced numbers (train.Hyper): points differing only in
@@ -135,12 +136,8 @@ def group_key(config: ml_collections.ConfigDict) -> str:
 
 
 def _finished(workdir: str, config: ml_collections.ConfigDict) -> bool:
-  try:
-    with open(os.path.join(workdir, "config.json")) as f:
-      same = json.load(f) == json.loads(config.to_json_best_effort())
-  except (OSError, ValueError):
-    return False
-  return same and os.path.exists(os.path.join(workdir, "summary.json"))
+  return (train.same_config(workdir, config)
+          and os.path.exists(os.path.join(workdir, "summary.json")))
 
 
 def run(spec: str, workdir: str, *, vmap: bool = True, mesh=None) -> list[dict]:
@@ -175,7 +172,7 @@ def run(spec: str, workdir: str, *, vmap: bool = True, mesh=None) -> list[dict]:
       _train_batch(batch, mesh)
   rows = [_row(p) for p in points]
   if sharding.is_primary():
-    _write_csv(os.path.join(workdir, "sweep.csv"), rows)
+    tables.write_csv(os.path.join(workdir, "sweep.csv"), rows)
     figure(os.path.join(workdir, "sweep.png"), rows, [p["overrides"] for p in points])
   return rows
 
@@ -204,28 +201,10 @@ def _row(point: dict) -> dict:
               for k, v in point["overrides"].items()})
   row["status"] = summary.get("status", "done")
   row.update({k: summary.get(k, float("nan")) for k in SUMMARY_METRICS})
-  metrics = os.path.join(point["workdir"], "metrics.jsonl")
-  last = None
-  if os.path.exists(metrics):
-    with open(metrics) as f:
-      lines = [line for line in f if line.strip()]
-    last = json.loads(lines[-1]) if lines else None
-  row["final_train_loss"] = last["loss"] if last else float("nan")
-  row["steps"] = last["step"] if last else 0
+  history = train.read_metrics(point["workdir"])
+  row["final_train_loss"] = history[-1]["loss"] if history else float("nan")
+  row["steps"] = history[-1]["step"] if history else 0
   return row
-
-
-def _write_csv(path: str, rows: list[dict]) -> None:
-  fields = list(dict.fromkeys(k for r in rows for k in r))
-  with open(path, "w") as f:
-    f.write(",".join(fields) + "\n")
-    for r in rows:
-      f.write(",".join(_csv_cell(r.get(k, "")) for k in fields) + "\n")
-
-
-def _csv_cell(value) -> str:
-  text = repr(value) if isinstance(value, float) else str(value)
-  return f'"{text}"' if "," in text else text
 
 
 def figure(path: str, rows: list[dict], grid: list[dict]) -> str:

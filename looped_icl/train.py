@@ -182,12 +182,25 @@ def _format_eta(seconds: float) -> str:
   return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def _read_metrics(path: str, up_to_step: int) -> list[dict]:
+def read_metrics(workdir: str, up_to_step: int | None = None) -> list[dict]:
+  """The rows of ``workdir/metrics.jsonl`` (those logged up to ``up_to_step``); [] if none."""
+  path = os.path.join(workdir, "metrics.jsonl")
   if not os.path.exists(path):
     return []
   with open(path) as f:
     rows = [json.loads(line) for line in f if line.strip()]
-  return [r for r in rows if r["step"] <= up_to_step]
+  return rows if up_to_step is None else [r for r in rows if r["step"] <= up_to_step]
+
+
+def same_config(workdir: str, config: ml_collections.ConfigDict,
+                filename: str = "config.json") -> bool:
+  """Whether ``workdir/filename`` holds exactly ``config`` (False if missing or unreadable):
+  how a finished run is recognised and reused."""
+  try:
+    with open(os.path.join(workdir, filename)) as f:
+      return json.load(f) == json.loads(config.to_json_best_effort())
+  except (OSError, ValueError):
+    return False
 
 
 def initial_state(exp: config_lib.Experiment) -> dict:
@@ -271,7 +284,7 @@ def train_runs(exps: list[config_lib.Experiment], workdirs: list[str], *, mesh=N
   histories, metric_files = [], []
   for w in workdirs:
     path = os.path.join(w, "metrics.jsonl")
-    histories.append(_read_metrics(path, start))
+    histories.append(read_metrics(w, start))
     if sharding.is_primary():
       with open(path, "w") as f:  # drop rows logged after the checkpoint we resume from
         f.writelines(json.dumps(r) + "\n" for r in histories[-1])
@@ -282,7 +295,7 @@ def train_runs(exps: list[config_lib.Experiment], workdirs: list[str], *, mesh=N
   hyper = sharding.put(stack([make_hyper(e) for e in exps]) if vmap else make_hyper(exps[0]),
                        layout.state())
   state = sharding.put(stack(states) if vmap else states[0], layout.state())
-  unit_schedule = optim.make_unit_schedule(tc)
+  schedules = [optim.make_schedule(e.train) for e in exps]
   alignments = [make_alignment_metrics(e) for e in exps]
   diverged: list[str | None] = [None] * num
   step, t_start = start, time.perf_counter()
@@ -294,29 +307,27 @@ def train_runs(exps: list[config_lib.Experiment], workdirs: list[str], *, mesh=N
           state["params"], state["opt_state"], hyper, jnp.arange(step, step + length))
       losses_RxK = np.asarray(losses_K).reshape(num, length)
       grad_norms_R = np.asarray(grad_norms_K).reshape(num, length)[:, -1]
-      new_state = {"params": params, "opt_state": opt_state}
-      per_run = unstack(new_state, num) if vmap else [new_state]
+      state = {"params": params, "opt_state": opt_state}
+      run_params = unstack(params, num) if vmap else [params]
       steps_per_s = length / max(time.perf_counter() - t0, 1e-9)
       for r in range(num):
         if diverged[r]:
           continue
-        if not (np.all(np.isfinite(losses_RxK[r])) and _all_finite(per_run[r]["params"])):
+        if not (np.all(np.isfinite(losses_RxK[r])) and _all_finite(run_params[r])):
           diverged[r] = _divergence_message(exps[r], workdirs[r], mngrs[r], step, losses_RxK[r])
           logging.error("%s", diverged[r])
           continue
         row = {"step": step + length, "loss": float(np.mean(losses_RxK[r])),
                "last_loss": float(losses_RxK[r, -1]), "grad_norm": float(grad_norms_R[r]),
-               "learning_rate": float(exps[r].train.learning_rate
-                                      * unit_schedule(step + length - 1)),
+               "learning_rate": float(schedules[r](step + length - 1)),
                "steps_per_s": steps_per_s, "wall_time_s": time.perf_counter() - t_start}
-        row.update(alignments[r](per_run[r]["params"]))
+        row.update(alignments[r](run_params[r]))
         if tc.mode == "gradient_flow":
           row["flow_time"] = (step + length) * exps[r].train.learning_rate
         if metric_files:
           metric_files[r].write(json.dumps(row) + "\n")
           metric_files[r].flush()
         histories[r].append(row)
-      state = new_state
       step += length
       live = [r for r in range(num) if not diverged[r]]
       if live:
@@ -325,8 +336,9 @@ def train_runs(exps: list[config_lib.Experiment], workdirs: list[str], *, mesh=N
                      + (" ..." if len(live) > 8 else ""),
                      steps_per_s, _format_eta((tc.steps - step) / max(steps_per_s, 1e-9)))
       if step % tc.checkpoint_every == 0 or step == tc.steps:
+        run_states = unstack(state, num) if vmap else [state]
         for r in live:
-          checkpointing.save(mngrs[r], step, per_run[r])
+          checkpointing.save(mngrs[r], step, run_states[r])
   finally:
     for f in metric_files:
       f.close()

@@ -10,7 +10,6 @@ writes its tables (``*.csv``), figures (``*.png``) and headline numbers (``resul
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import math
@@ -23,6 +22,7 @@ import numpy as np
 from looped_icl import config_lib
 from looped_icl import plotting
 from looped_icl import solver
+from looped_icl import tables
 from looped_icl import train
 
 
@@ -46,22 +46,17 @@ def load_config(name: str, ctx: Context, arg: str = "") -> ml_collections.Config
   return config_lib.load(f"{name}:{','.join(args)}" if args else name)
 
 
-def read_metrics(run_dir: str) -> list[dict]:
-  with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
 def train_run(ctx: Context, name: str, config: ml_collections.ConfigDict):
   """Trains ``config`` in ``runs/NAME`` (reused if finished); returns (summary, history, params)."""
   run_dir = ctx.run_dir(name)
   summary_path = os.path.join(run_dir, "summary.json")
   exp = config_lib.from_config(config)
-  if os.path.exists(summary_path) and _same_config(run_dir, config):
+  if os.path.exists(summary_path) and train.same_config(run_dir, config):
     with open(summary_path) as f:
       summary = json.load(f)
   else:
     summary = train.train_and_evaluate(config, run_dir)
-  return summary, read_metrics(run_dir), train.load_trained_params(exp, run_dir)
+  return summary, train.read_metrics(run_dir), train.load_trained_params(exp, run_dir)
 
 
 def solve_run(ctx: Context, name: str, config: ml_collections.ConfigDict) -> dict:
@@ -71,7 +66,7 @@ def solve_run(ctx: Context, name: str, config: ml_collections.ConfigDict) -> dic
   """
   run_dir = ctx.run_dir(name)
   path = os.path.join(run_dir, "optimum.json")
-  if os.path.exists(path) and _same_config(run_dir, config, filename="optimum_config.json"):
+  if os.path.exists(path) and train.same_config(run_dir, config, "optimum_config.json"):
     with open(path) as f:
       return json.load(f)
   result = solver.solve_into_workdir(config, run_dir)
@@ -80,49 +75,12 @@ def solve_run(ctx: Context, name: str, config: ml_collections.ConfigDict) -> dic
   return result
 
 
-def _same_config(run_dir: str, config, filename: str = "config.json") -> bool:
-  path = os.path.join(run_dir, filename)
-  if not os.path.exists(path):
-    return False
-  with open(path) as f:
-    return json.load(f) == json.loads(config.to_json_best_effort())
-
-
 def write_csv(ctx: Context, filename: str, rows: Sequence[Mapping]) -> str:
-  """One row per mapping; the header is the union of keys in first-seen order."""
-  header: list[str] = []
-  for row in rows:
-    header.extend(k for k in row if k not in header)
-  path = ctx.path(filename)
-  with open(path, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=header)
-    writer.writeheader()
-    for row in rows:
-      writer.writerow({k: _cell(v) for k, v in row.items()})
-  return path
+  """``ctx.workdir/filename`` from rows (see :func:`looped_icl.tables.write_csv`)."""
+  return tables.write_csv(ctx.path(filename), rows)
 
 
-def _cell(value):
-  if isinstance(value, (float, np.floating)):
-    return repr(float(value))
-  if isinstance(value, (np.integer,)):
-    return int(value)
-  return value
-
-
-def read_csv(path: str) -> list[dict]:
-  """Rows of a CSV written by :func:`write_csv`, numbers parsed back to float/int."""
-  with open(path, newline="") as f:
-    return [{k: _parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
-
-
-def _parse(value: str):
-  for cast in (int, float):
-    try:
-      return cast(value)
-    except ValueError:
-      pass
-  return value
+read_csv = tables.read_csv
 
 
 def write_results(ctx: Context, results: dict) -> dict:
