@@ -8,7 +8,8 @@ A model of any kind (layered or looped) and parametrization is first turned into
   relu/n, or a softmax over the n keys.
 * :func:`forward_gram`: the exact fast path for linear attention. Attn(Z) = P G Q Z / n with
   G = Z M Z^T, so a layer is a left multiplication Z_{l+1} = T_l Z_l, T_l = I - eta_l P G_l Q / n,
-  and G_{l+1} = T_l G_l T_l^T. Only G_0 and the query column are needed: O(L d^3) per task.
+  and G_{l+1} = T_l G_l T_l^T. Only G_0 and the query column are needed: O(L d^3) per task
+  (kernel and its hand-written reverse mode: :mod:`looped_icl.gram_forward`).
 
 Both return the prediction after every layer, y_hat_l = -Z_l[d, n], shape (B, L).
 """
@@ -19,6 +20,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from looped_icl import gram_forward
 from looped_icl import linalg
 from looped_icl import validation
 
@@ -63,23 +65,12 @@ def forward_gram(p_LxDxD: jax.Array, q_LxDxD: jax.Array, eta_L: jax.Array, gram_
                  query_BxD: jax.Array, n: int) -> jax.Array:
   """Exact Gram-space forward of linear attention; returns per-layer predictions (B, L).
 
-  Internally batch-last ((D, D, B): the batch is the vectorised axis; see :mod:`linalg`).
+  Runs batch-last with a hand-written reverse mode (:mod:`looped_icl.gram_forward`).
   """
   chex.assert_rank([gram_BxDxD, query_BxD], [3, 2])
   batch, dim, _ = gram_BxDxD.shape
   chex.assert_shape([gram_BxDxD, query_BxD], [(batch, dim, dim), (batch, dim)])
   _check_weights(p_LxDxD, q_LxDxD, eta_L, dim)
-  eye_DxDx1 = linalg.eye_bl(dim, gram_BxDxD.dtype)
-
-  def layer(carry, weights):
-    gram_DxDxB, query_DxB = carry
-    p_DxD, q_DxD, eta = weights
-    pgq_DxDxB = linalg.mm_bl(linalg.mm_bl(p_DxD[:, :, None], gram_DxDxB), q_DxD[:, :, None])
-    t_DxDxB = eye_DxDx1 - (eta / n) * pgq_DxDxB
-    gram_DxDxB = linalg.mm_bl(linalg.mm_bl(t_DxDxB, gram_DxDxB), linalg.t_bl(t_DxDxB))
-    query_DxB = linalg.mv_bl(t_DxDxB, query_DxB)
-    return (gram_DxDxB, query_DxB), -query_DxB[dim - 1]
-
-  carry0 = (linalg.to_bl(gram_BxDxD), query_BxD.T)
-  _, preds_LxB = jax.lax.scan(layer, carry0, (p_LxDxD, q_LxDxD, eta_L))
+  preds_LxB = gram_forward.gram_predictions(p_LxDxD, q_LxDxD, eta_L, linalg.to_bl(gram_BxDxD),
+                                            query_BxD.T, n)
   return preds_LxB.T

@@ -69,11 +69,27 @@ def to_bl(a_BxMxK: jax.Array) -> jax.Array:
   return a_BxMxK[..., None] if a_BxMxK.ndim == 2 else jnp.moveaxis(a_BxMxK, 0, -1)
 
 
-def _mm_bl_unrolled(a_MxKxB: jax.Array, b_KxNxB: jax.Array) -> jax.Array:
+def opaque_one(dtype) -> jax.Array:
+  """A scalar 1 that XLA cannot constant-fold: divide a product by it to keep it unfused.
+
+  XLA's fusion pass duplicates cheap producers (adds, multiplies) into consumers that read each
+  element several times (up to ~15 copies), so a product feeding another product is recomputed
+  k times. A division by a runtime value is "expensive" to XLA and never duplicated; x / 1 == x
+  exactly in IEEE arithmetic, so only the schedule changes, never the numbers. Create one per
+  traced function and pass it to every product (measured with jax 0.10.2: one shared opaque 1
+  keeps the divisions; a fresh one per product is folded into a multiply and fused again).
+  """
+  return jax.lax.optimization_barrier(jnp.ones((), dtype))
+
+
+def mm_bl_unrolled(a_MxKxB: jax.Array, b_KxNxB: jax.Array, one: jax.Array | None = None
+                   ) -> jax.Array:
+  """Batch-last a @ b as one fused pass over the batch, without a custom reverse mode (for
+  hand-written adjoints); ``one`` from :func:`opaque_one` keeps the result out of consumers."""
   out = a_MxKxB[:, 0, None, :] * b_KxNxB[None, 0, :, :]
   for j in range(1, a_MxKxB.shape[1]):
     out = out + a_MxKxB[:, j, None, :] * b_KxNxB[None, j, :, :]
-  return out
+  return out if one is None else out / one
 
 
 def _sum_to_batch(x_MxNxB: jax.Array, batch: int) -> jax.Array:
@@ -82,19 +98,19 @@ def _sum_to_batch(x_MxNxB: jax.Array, batch: int) -> jax.Array:
 
 @jax.custom_vjp
 def _mm_bl_fused(a_MxKxB: jax.Array, b_KxNxB: jax.Array) -> jax.Array:
-  return _mm_bl_unrolled(a_MxKxB, b_KxNxB)
+  return mm_bl_unrolled(a_MxKxB, b_KxNxB)
 
 
 def _mm_bl_fused_fwd(a_MxKxB, b_KxNxB):
-  return _mm_bl_unrolled(a_MxKxB, b_KxNxB), (a_MxKxB, b_KxNxB)
+  return mm_bl_unrolled(a_MxKxB, b_KxNxB), (a_MxKxB, b_KxNxB)
 
 
 def _mm_bl_fused_bwd(residuals, g_MxNxB):
   # Autodiff of the unrolled form would pad every slice's cotangent back to full size (k padded
   # copies per product); the adjoint products dA = dC B^T, dB = A^T dC are products again.
   a_MxKxB, b_KxNxB = residuals
-  da = _sum_to_batch(_mm_bl_unrolled(g_MxNxB, t_bl(b_KxNxB)), a_MxKxB.shape[-1])
-  db = _sum_to_batch(_mm_bl_unrolled(t_bl(a_MxKxB), g_MxNxB), b_KxNxB.shape[-1])
+  da = _sum_to_batch(mm_bl_unrolled(g_MxNxB, t_bl(b_KxNxB)), a_MxKxB.shape[-1])
+  db = _sum_to_batch(mm_bl_unrolled(t_bl(a_MxKxB), g_MxNxB), b_KxNxB.shape[-1])
   return da, db
 
 

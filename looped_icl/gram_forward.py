@@ -1,0 +1,121 @@
+"""The Gram-space forward of linear attention with a hand-written reverse mode (SPEC section 3).
+
+A layer is Z_{l+1} = T_l Z_l with T_l = I - c_l P_l G_l Q_l, c_l = eta_l / n, and
+G_{l+1} = T_l G_l T_l^T; the prediction after layer l is -u_{l+1}[D-1], u_{l+1} = T_l u_l, where
+u_0 is the query column. Everything is batch-last ((D, D, B); see :mod:`linalg`).
+
+Reverse mode (adjoints written with a bar, G_l symmetric):
+  dT_l = du_{l+1} u_l^T + (dG_{l+1} + dG_{l+1}^T) T_l G_l,   du_l = T_l^T du_{l+1},
+  dK_l = -c_l dT_l (K_l = P_l H_l, H_l = G_l Q_l),            deta_l = -<dT_l, K_l> / n,
+  dP_l = sum_b dK_l H_l^T,  dH_l = P_l^T dK_l,  dQ_l = sum_b G_l^T dH_l,
+  dG_l = T_l^T dG_{l+1} T_l + dH_l Q_l^T.
+Autodiff of the forward gets the same numbers 4-5x slower on CPU: it differentiates each
+unrolled product through slices (zero-padded cotangents) and sums the shared weights' gradients
+with tiny reductions; here every batch-times-batch product is one fused pass and every shared
+weight's gradient is one GEMM over the batch (BUILD_NOTES.md, Performance).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from looped_icl import linalg
+
+
+def _bs(a_MxKxB: jax.Array, s_KxN: jax.Array, one: jax.Array) -> jax.Array:
+  """Batch times shared: (m, k, B) x (k, n) -> (m, n, B)."""
+  return linalg.mm_bl_unrolled(a_MxKxB, s_KxN[:, :, None], one)
+
+
+def _sb(s_MxK: jax.Array, a_KxNxB: jax.Array) -> jax.Array:
+  """Shared times batch: (m, k) x (k, n, B) -> (m, n, B), one GEMM over (k, n B)."""
+  k, n, b = a_KxNxB.shape
+  return (s_MxK @ a_KxNxB.reshape(k, n * b)).reshape(s_MxK.shape[0], n, b)
+
+
+def _sum_outer(a_MxKxB: jax.Array, b_NxKxB: jax.Array) -> jax.Array:
+  """sum_b a_b b_b^T: (m, k, B) x (n, k, B) -> (m, n), one GEMM over k B."""
+  m, k, b = a_MxKxB.shape
+  return a_MxKxB.reshape(m, k * b) @ b_NxKxB.reshape(b_NxKxB.shape[0], k * b).T
+
+
+def _layer(gram_DxDxB, query_DxB, p_DxD, q_DxD, c, one, *, last: bool):
+  """One layer: G', u' and what the reverse pass needs. The last layer skips G' (unused)."""
+  mm = functools.partial(linalg.mm_bl_unrolled, one=one)
+  h_DxDxB = _bs(gram_DxDxB, q_DxD, one)
+  k_DxDxB = _sb(p_DxD, h_DxDxB)
+  t_DxDxB = linalg.eye_bl(p_DxD.shape[0], p_DxD.dtype) - c * k_DxDxB
+  query_next = mm(t_DxDxB, query_DxB[:, None, :])[:, 0, :]
+  if last:
+    return None, query_next, (gram_DxDxB, query_DxB, h_DxDxB, k_DxDxB, None)
+  w_DxDxB = mm(t_DxDxB, gram_DxDxB)
+  gram_next = mm(w_DxDxB, linalg.t_bl(t_DxDxB))
+  return gram_next, query_next, (gram_DxDxB, query_DxB, h_DxDxB, k_DxDxB, w_DxDxB)
+
+
+def _forward(p_LxDxD, q_LxDxD, eta_L, gram_DxDxB, query_DxB, n):
+  """Per-layer predictions (L, B) and the per-layer residuals of the reverse pass.
+
+  The layers are unrolled in Python: a lax.scan over them measured 2.2x slower (its loop
+  boundary keeps XLA from fusing across layers and adds dynamic slices of the residuals).
+  """
+  one = linalg.opaque_one(gram_DxDxB.dtype)
+  num_layers, dim = p_LxDxD.shape[0], p_LxDxD.shape[-1]
+  preds, saved = [], []
+  for l in range(num_layers):
+    gram_DxDxB, query_DxB, res = _layer(gram_DxDxB, query_DxB, p_LxDxD[l], q_LxDxD[l],
+                                        eta_L[l] / n, one, last=l == num_layers - 1)
+    preds.append(-query_DxB[dim - 1])
+    saved.append(res)
+  return jnp.stack(preds), saved
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def gram_predictions(p_LxDxD: jax.Array, q_LxDxD: jax.Array, eta_L: jax.Array,
+                     gram_DxDxB: jax.Array, query_DxB: jax.Array, n: int) -> jax.Array:
+  """Per-layer predictions (L, B) from batch-last G_0 (D, D, B) and query columns (D, B).
+
+  ``gram_DxDxB`` must be symmetric (a Gram matrix); reverse mode is hand-written (module doc).
+  """
+  return _forward(p_LxDxD, q_LxDxD, eta_L, gram_DxDxB, query_DxB, n)[0]
+
+
+def _gram_predictions_fwd(p_LxDxD, q_LxDxD, eta_L, gram_DxDxB, query_DxB, n):
+  preds_LxB, saved = _forward(p_LxDxD, q_LxDxD, eta_L, gram_DxDxB, query_DxB, n)
+  return preds_LxB, (p_LxDxD, q_LxDxD, eta_L, saved)
+
+
+def _gram_predictions_bwd(n, residuals, dpreds_LxB):
+  p_LxDxD, q_LxDxD, eta_L, saved = residuals
+  one = linalg.opaque_one(dpreds_LxB.dtype)
+  mm = functools.partial(linalg.mm_bl_unrolled, one=one)
+  dim = p_LxDxD.shape[-1]
+  last_Dx1 = (jnp.arange(dim) == dim - 1).astype(dpreds_LxB.dtype)[:, None]
+  dgram_DxDxB, dquery_DxB = None, jnp.zeros_like(saved[0][1])   # G_L is not an output
+  dps, dqs, detas = [], [], []
+  for l in reversed(range(len(saved))):
+    gram_DxDxB, query_DxB, h_DxDxB, k_DxDxB, w_DxDxB = saved[l]
+    p_DxD, q_DxD, c = p_LxDxD[l], q_LxDxD[l], eta_L[l] / n
+    t_DxDxB = linalg.eye_bl(dim, p_DxD.dtype) - c * k_DxDxB
+    tt_DxDxB = linalg.t_bl(t_DxDxB)
+    dquery_DxB = dquery_DxB - last_Dx1 * dpreds_LxB[l][None, :]          # pred = -u[D-1]
+    dt_DxDxB = dquery_DxB[:, None, :] * query_DxB[None, :, :]
+    dquery_DxB = mm(tt_DxDxB, dquery_DxB[:, None, :])[:, 0, :]
+    if dgram_DxDxB is not None:
+      dt_DxDxB = dt_DxDxB + mm(dgram_DxDxB + linalg.t_bl(dgram_DxDxB), w_DxDxB)
+      dgram_DxDxB = mm(mm(tt_DxDxB, dgram_DxDxB), t_DxDxB)
+    detas.append(-jnp.sum(dt_DxDxB * k_DxDxB) / n)
+    dk_DxDxB = -c * dt_DxDxB
+    dps.append(_sum_outer(dk_DxDxB, h_DxDxB))
+    dh_DxDxB = _sb(p_DxD.T, dk_DxDxB)
+    dqs.append(_sum_outer(linalg.t_bl(gram_DxDxB), linalg.t_bl(dh_DxDxB)))
+    dgram_h = _bs(dh_DxDxB, q_DxD.T, one)
+    dgram_DxDxB = dgram_h if dgram_DxDxB is None else dgram_DxDxB + dgram_h
+  return (jnp.stack(dps[::-1]), jnp.stack(dqs[::-1]), jnp.stack(detas[::-1]), dgram_DxDxB,
+          dquery_DxB)
+
+
+gram_predictions.defvjp(_gram_predictions_fwd, _gram_predictions_bwd)
