@@ -294,26 +294,42 @@ def sample_gram(key: jax.Array, task: TaskDistribution, batch_size: int) -> Gram
   d, n = task.d, task.n
   dtype = task.cov.dtype
   sigma = task.noise_std
-  k_cov, k_a, k_u, k_w, k_q, k_eq = jax.random.split(key, 6)
+  k_cov, k_chi, k_normal = jax.random.split(key, 3)
   chol, w_factor = _factors(k_cov, task, batch_size)
-  a_factor, resid = _bartlett_draw(k_a, n, d, batch_size, dtype)  # resid ~ chi^2_{n-d}
-  c = linalg.mm(chol, a_factor)                                 # X = Q C^T
-  xtx = linalg.mm(c, linalg.t(c))
-  w = linalg.mv(w_factor, jax.random.normal(k_w, (batch_size, d), dtype))
-  u = jax.random.normal(k_u, (batch_size, d), dtype)            # Q^T eps / sigma
-  xte = sigma * linalg.mv(c, u)                                 # X^T eps
-  xtx_w = linalg.mv(xtx, w)
-  xty = xtx_w + xte
-  yty = (linalg.vdot(w, xtx_w) + 2.0 * linalg.vdot(w, xte)
-         + sigma**2 * (jnp.sum(u * u, axis=1) + resid))
-  top = jnp.concatenate([xtx, xty[:, :, None]], axis=2)
-  bottom = jnp.concatenate([xty, yty[:, None]], axis=1)[:, None, :]
-  gram = jnp.concatenate([top, bottom], axis=1)
-  x_query = linalg.mv(chol, jax.random.normal(k_q, (batch_size, d), dtype))
-  y_query = (linalg.vdot(x_query, w)
-             + sigma * jax.random.normal(k_eq, (batch_size,), dtype))
-  query = jnp.concatenate([x_query, jnp.zeros((batch_size, 1), dtype)], axis=1)
-  return GramTasks(gram=gram, query=query, y_query=y_query, w=w, n=n)
+  chi2_BxK = chi_square(k_chi, jnp.asarray(np.append(n - np.arange(d), n - d), dtype),
+                        batch_size)
+  # Every normal in one draw (each random call is a separate loop on CPU), batch-last:
+  # rows = d(d-1)/2 below the Bartlett diagonal, then u, g_w, g_q (d each) and the query noise.
+  num_off = d * (d - 1) // 2
+  z_ZxB = jax.random.normal(k_normal, (num_off + 3 * d + 1, batch_size), dtype)
+  u_DxB, gw_DxB, gq_DxB = (z_ZxB[num_off + i * d:num_off + (i + 1) * d] for i in range(3))
+  eps_q_B = z_ZxB[-1]
+  rows, cols = np.tril_indices(d, -1)
+  entries = [[None] * d for _ in range(d)]   # the Bartlett factor A, entry by entry
+  zero = jnp.zeros((batch_size,), dtype)
+  for i in range(d):
+    for j in range(d):
+      entries[i][j] = jnp.sqrt(chi2_BxK[:, i]) if i == j else zero
+  for index, (i, j) in enumerate(zip(rows, cols)):
+    entries[i][j] = z_ZxB[index]
+  a_DxDxB = jnp.stack([jnp.stack(row) for row in entries])
+  one = linalg.opaque_one(dtype)
+  c_DxDxB = (chol @ a_DxDxB.reshape(d, d * batch_size)).reshape(d, d, batch_size)  # X = Q C^T
+  xtx_DxDxB = linalg.mm_bl_unrolled(c_DxDxB, linalg.t_bl(c_DxDxB), one)
+  w_DxB = w_factor @ gw_DxB
+  xte_DxB = sigma * linalg.mm_bl_unrolled(c_DxDxB, u_DxB[:, None, :], one)[:, 0]  # X^T eps
+  xtx_w_DxB = linalg.mm_bl_unrolled(xtx_DxDxB, w_DxB[:, None, :], one)[:, 0]
+  xty_DxB = xtx_w_DxB + xte_DxB
+  yty_B = (jnp.sum(w_DxB * xtx_w_DxB, axis=0) + 2.0 * jnp.sum(w_DxB * xte_DxB, axis=0)
+           + sigma**2 * (jnp.sum(u_DxB * u_DxB, axis=0) + chi2_BxK[:, d]))
+  top = jnp.concatenate([xtx_DxDxB, xty_DxB[:, None, :]], axis=1)
+  bottom = jnp.concatenate([xty_DxB, yty_B[None, :]], axis=0)[None, :, :]
+  gram_DxDxB = jnp.concatenate([top, bottom], axis=0)
+  x_query_DxB = chol @ gq_DxB
+  y_query_B = jnp.sum(x_query_DxB * w_DxB, axis=0) + sigma * eps_q_B
+  query = jnp.concatenate([x_query_DxB.T, jnp.zeros((batch_size, 1), dtype)], axis=1)
+  return GramTasks(gram=jnp.moveaxis(gram_DxDxB, -1, 0), query=query, y_query=y_query_B,
+                   w=w_DxB.T, n=n)
 
 
 @functools.partial(jax.jit, static_argnames=("num",))
