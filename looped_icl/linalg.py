@@ -86,6 +86,12 @@ def mm_bl_unrolled(a_MxKxB: jax.Array, b_KxNxB: jax.Array, one: jax.Array | None
                    ) -> jax.Array:
   """Batch-last a @ b as one fused pass over the batch, without a custom reverse mode (for
   hand-written adjoints); ``one`` from :func:`opaque_one` keeps the result out of consumers."""
+  if a_MxKxB.shape[1] > UNROLL_MAX:     # the unrolled sum stops paying off (d = 20: 2x slower)
+    if b_KxNxB.shape[-1] == 1:
+      return jnp.einsum("ikb,kn->inb", a_MxKxB, b_KxNxB[..., 0])
+    if a_MxKxB.shape[-1] == 1:
+      return jnp.einsum("ik,knb->inb", a_MxKxB[..., 0], b_KxNxB)
+    return jnp.einsum("ikb,knb->inb", a_MxKxB, b_KxNxB)
   out = a_MxKxB[:, 0, None, :] * b_KxNxB[None, 0, :, :]
   for j in range(1, a_MxKxB.shape[1]):
     out = out + a_MxKxB[:, j, None, :] * b_KxNxB[None, j, :, :]

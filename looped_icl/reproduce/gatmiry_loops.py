@@ -194,13 +194,16 @@ def _loop_rows(setting: str, model_name: str, per_SxK: np.ndarray) -> list[dict]
 
 
 def _extrapolation_summary(per_SxK: np.ndarray, trained_loops: int) -> dict:
-  """Where the mean loss over loops stops decreasing, and the loss there and at MAX_LOOPS."""
+  """Where the mean loss over loops stops decreasing, the loss there and at MAX_LOOPS, and the
+  standard error of the paired gain (loss at the trained loops minus loss at the best)."""
   mean_K, median_K = per_SxK.mean(axis=0), np.median(per_SxK, axis=0)
   best = int(np.argmin(mean_K))
   with np.errstate(invalid="ignore"):  # inf - inf after overflow: not decreasing
     decreasing, median_decreasing = np.all(np.diff(mean_K) < 0), np.all(np.diff(median_K) < 0)
+  gain_S = per_SxK[:, trained_loops - 1] - per_SxK[:, best]   # paired: same prompts
   return {"best_loops": best + 1, "best_loss": mean_K[best],
           "loss_at_trained_loops": mean_K[trained_loops - 1], "loss_at_max_loops": mean_K[-1],
+          "gain_stderr": float(gain_S.std(ddof=1) / np.sqrt(gain_S.shape[0])),
           "median_at_trained_loops": median_K[trained_loops - 1],
           "median_at_max_loops": median_K[-1],
           "keeps_decreasing": bool(decreasing), "median_keeps_decreasing": bool(median_decreasing)}
