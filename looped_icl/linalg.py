@@ -82,16 +82,23 @@ def opaque_one(dtype) -> jax.Array:
   return jax.lax.optimization_barrier(jnp.ones((), dtype))
 
 
+def _mm_bl_dot(a_MxKxB: jax.Array, b_KxNxB: jax.Array) -> jax.Array:
+  """Batch-last a @ b as a dot_general (either B may be 1); a shared (unbatched) matrix times a
+  batch is one real GEMM over (k, n * B), and its gradient w.r.t. the shared matrix a GEMM too."""
+  if a_MxKxB.shape[-1] == 1 and b_KxNxB.shape[-1] != 1:
+    return jnp.einsum("ik,knb->inb", a_MxKxB[..., 0], b_KxNxB)
+  if b_KxNxB.shape[-1] == 1 and a_MxKxB.shape[-1] != 1:
+    return jnp.einsum("ikb,kn->inb", a_MxKxB, b_KxNxB[..., 0])
+  return jnp.einsum("ikb,knb->inb", a_MxKxB, b_KxNxB)
+
+
 def mm_bl_unrolled(a_MxKxB: jax.Array, b_KxNxB: jax.Array, one: jax.Array | None = None
                    ) -> jax.Array:
-  """Batch-last a @ b as one fused pass over the batch, without a custom reverse mode (for
+  """Batch-last a @ b as one fused pass over the batch (a dot_general for k > ``UNROLL_MAX``,
+  where the unrolled sum is slower: 2x at d = 20), without a custom reverse mode (for
   hand-written adjoints); ``one`` from :func:`opaque_one` keeps the result out of consumers."""
-  if a_MxKxB.shape[1] > UNROLL_MAX:     # the unrolled sum stops paying off (d = 20: 2x slower)
-    if b_KxNxB.shape[-1] == 1:
-      return jnp.einsum("ikb,kn->inb", a_MxKxB, b_KxNxB[..., 0])
-    if a_MxKxB.shape[-1] == 1:
-      return jnp.einsum("ik,knb->inb", a_MxKxB[..., 0], b_KxNxB)
-    return jnp.einsum("ikb,knb->inb", a_MxKxB, b_KxNxB)
+  if a_MxKxB.shape[1] > UNROLL_MAX:
+    return _mm_bl_dot(a_MxKxB, b_KxNxB)
   out = a_MxKxB[:, 0, None, :] * b_KxNxB[None, 0, :, :]
   for j in range(1, a_MxKxB.shape[1]):
     out = out + a_MxKxB[:, j, None, :] * b_KxNxB[None, j, :, :]
@@ -128,15 +135,8 @@ def mm_bl(a_MxKxB: jax.Array, b_KxNxB: jax.Array) -> jax.Array:
 
   Differentiable (reverse mode) with adjoints that are again fused products.
   """
-  k = a_MxKxB.shape[1]
-  # A shared (unbatched) matrix times a batch is one real GEMM over (k, n * B); its gradient
-  # w.r.t. the shared matrix is a GEMM too.
-  if a_MxKxB.shape[-1] == 1 and b_KxNxB.shape[-1] != 1:
-    return jnp.einsum("ik,knb->inb", a_MxKxB[..., 0], b_KxNxB)
-  if b_KxNxB.shape[-1] == 1 and a_MxKxB.shape[-1] != 1:
-    return jnp.einsum("ikb,kn->inb", a_MxKxB, b_KxNxB[..., 0])
-  if k > UNROLL_MAX:
-    return jnp.einsum("ikb,knb->inb", a_MxKxB, b_KxNxB)
+  if a_MxKxB.shape[-1] != b_KxNxB.shape[-1] or a_MxKxB.shape[1] > UNROLL_MAX:
+    return _mm_bl_dot(a_MxKxB, b_KxNxB)       # shared times batch, or a large contraction
   return _mm_bl_fused(a_MxKxB, b_KxNxB)
 
 

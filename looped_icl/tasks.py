@@ -243,28 +243,34 @@ def chi_square(key: jax.Array, dofs_K: jax.Array, batch_size: int) -> jax.Array:
   return jnp.where(dofs_1xK > 0, 2.0 * gamma, 0.0)
 
 
-def _bartlett_draw(key: jax.Array, n: int, d: int, batch_size: int, dtype):
-  """(A, r): the Bartlett factor A, (B, d, d), and an independent r ~ chi^2_{n-d}, (B,).
+def _bartlett_chi_square(key: jax.Array, n: int, d: int, batch_size: int, dtype) -> jax.Array:
+  """(B, d+1) chi-squares: dofs n, n-1, ..., n-d+1 (diag(A)^2) and n-d (the residual)."""
+  return chi_square(key, jnp.asarray(np.append(n - np.arange(d), n - d), dtype), batch_size)
 
-  All chi-squares (dofs n, n-1, ..., n-d+1 for diag(A)^2, and n-d) come from one
-  :func:`chi_square` draw of shape (B, d+1); the d(d-1)/2 normals below the diagonal are drawn
-  as such and placed by a 0/1 matrix (no normals drawn for the zeros above it).
-  """
+
+def _bartlett_bl(chi2_BxK: jax.Array, below_OxB: jax.Array) -> jax.Array:
+  """The batch-last Bartlett factor A, (d, d, B): sqrt(chi^2) on the diagonal, the d(d-1)/2
+  normals ``below_OxB`` below it (row by row), zeros above (no normals drawn for them)."""
+  d = chi2_BxK.shape[1] - 1
+  zero_B = jnp.zeros(chi2_BxK.shape[:1], chi2_BxK.dtype)
+  entries = [[jnp.sqrt(chi2_BxK[:, i]) if i == j else zero_B for j in range(d)]
+             for i in range(d)]
+  for index, (i, j) in enumerate(zip(*np.tril_indices(d, -1))):
+    entries[i][j] = below_OxB[index]
+  return jnp.stack([jnp.stack(row) for row in entries])
+
+
+def _bartlett_draw(key: jax.Array, n: int, d: int, batch_size: int, dtype):
+  """(A, r): the Bartlett factor A, (B, d, d), and an independent r ~ chi^2_{n-d}, (B,)."""
   n = validation.positive_int("n", n)
   d = validation.positive_int("d", d)
   batch_size = validation.positive_int("batch_size", batch_size)
   if n < d:
     raise ValueError(f"n must be >= d={d} for the Bartlett decomposition, got {n}")
-  k_chi, k_off = jax.random.split(key)
-  chi2 = chi_square(k_chi, jnp.asarray(np.append(n - np.arange(d), n - d), dtype), batch_size)
-  rows, cols = np.tril_indices(d, -1)
-  factor = jnp.sqrt(chi2[:, :d])[:, :, None] * jnp.eye(d, dtype=dtype)[None]
-  if rows.size:
-    place = np.zeros((rows.size, d * d))
-    place[np.arange(rows.size), rows * d + cols] = 1.0
-    off = jax.random.normal(k_off, (batch_size, rows.size), dtype) @ jnp.asarray(place, dtype)
-    factor = factor + off.reshape(batch_size, d, d)
-  return factor, chi2[:, d]
+  k_chi, k_below = jax.random.split(key)
+  chi2_BxK = _bartlett_chi_square(k_chi, n, d, batch_size, dtype)
+  below_OxB = jax.random.normal(k_below, (d * (d - 1) // 2, batch_size), dtype)
+  return jnp.moveaxis(_bartlett_bl(chi2_BxK, below_OxB), -1, 0), chi2_BxK[:, d]
 
 
 def bartlett_factor(key: jax.Array, n: int, d: int, batch_size: int, dtype) -> jax.Array:
@@ -296,23 +302,14 @@ def sample_gram(key: jax.Array, task: TaskDistribution, batch_size: int) -> Gram
   sigma = task.noise_std
   k_cov, k_chi, k_normal = jax.random.split(key, 3)
   chol, w_factor = _factors(k_cov, task, batch_size)
-  chi2_BxK = chi_square(k_chi, jnp.asarray(np.append(n - np.arange(d), n - d), dtype),
-                        batch_size)
+  chi2_BxK = _bartlett_chi_square(k_chi, n, d, batch_size, dtype)
   # Every normal in one draw (each random call is a separate loop on CPU), batch-last:
   # rows = d(d-1)/2 below the Bartlett diagonal, then u, g_w, g_q (d each) and the query noise.
-  num_off = d * (d - 1) // 2
-  z_ZxB = jax.random.normal(k_normal, (num_off + 3 * d + 1, batch_size), dtype)
-  u_DxB, gw_DxB, gq_DxB = (z_ZxB[num_off + i * d:num_off + (i + 1) * d] for i in range(3))
+  num_below = d * (d - 1) // 2
+  z_ZxB = jax.random.normal(k_normal, (num_below + 3 * d + 1, batch_size), dtype)
+  u_DxB, gw_DxB, gq_DxB = (z_ZxB[num_below + i * d:num_below + (i + 1) * d] for i in range(3))
   eps_q_B = z_ZxB[-1]
-  rows, cols = np.tril_indices(d, -1)
-  entries = [[None] * d for _ in range(d)]   # the Bartlett factor A, entry by entry
-  zero = jnp.zeros((batch_size,), dtype)
-  for i in range(d):
-    for j in range(d):
-      entries[i][j] = jnp.sqrt(chi2_BxK[:, i]) if i == j else zero
-  for index, (i, j) in enumerate(zip(rows, cols)):
-    entries[i][j] = z_ZxB[index]
-  a_DxDxB = jnp.stack([jnp.stack(row) for row in entries])
+  a_DxDxB = _bartlett_bl(chi2_BxK, z_ZxB[:num_below])
   one = linalg.opaque_one(dtype)
   c_DxDxB = (chol @ a_DxDxB.reshape(d, d * batch_size)).reshape(d, d, batch_size)  # X = Q C^T
   xtx_DxDxB = linalg.mm_bl_unrolled(c_DxDxB, linalg.t_bl(c_DxDxB), one)
