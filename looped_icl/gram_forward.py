@@ -25,28 +25,11 @@ import jax.numpy as jnp
 from looped_icl import linalg
 
 
-def _bs(a_MxKxB: jax.Array, s_KxN: jax.Array, one: jax.Array) -> jax.Array:
-  """Batch times shared: (m, k, B) x (k, n) -> (m, n, B)."""
-  return linalg.mm_bl_unrolled(a_MxKxB, s_KxN[:, :, None], one)
-
-
-def _sb(s_MxK: jax.Array, a_KxNxB: jax.Array) -> jax.Array:
-  """Shared times batch: (m, k) x (k, n, B) -> (m, n, B), one GEMM over (k, n B)."""
-  k, n, b = a_KxNxB.shape
-  return (s_MxK @ a_KxNxB.reshape(k, n * b)).reshape(s_MxK.shape[0], n, b)
-
-
-def _sum_outer(a_MxKxB: jax.Array, b_NxKxB: jax.Array) -> jax.Array:
-  """sum_b a_b b_b^T: (m, k, B) x (n, k, B) -> (m, n), one GEMM over k B."""
-  m, k, b = a_MxKxB.shape
-  return a_MxKxB.reshape(m, k * b) @ b_NxKxB.reshape(b_NxKxB.shape[0], k * b).T
-
-
 def _layer(gram_DxDxB, query_DxB, p_DxD, q_DxD, c, one, *, last: bool):
   """One layer: G', u' and what the reverse pass needs. The last layer skips G' (unused)."""
   mm = functools.partial(linalg.mm_bl_unrolled, one=one)
-  h_DxDxB = _bs(gram_DxDxB, q_DxD, one)
-  k_DxDxB = _sb(p_DxD, h_DxDxB)
+  h_DxDxB = linalg.mm_bs(gram_DxDxB, q_DxD, one)
+  k_DxDxB = linalg.mm_sb(p_DxD, h_DxDxB)
   t_DxDxB = linalg.eye_bl(p_DxD.shape[0], p_DxD.dtype) - c * k_DxDxB
   query_next = mm(t_DxDxB, query_DxB[:, None, :])[:, 0, :]
   if last:
@@ -109,10 +92,10 @@ def _gram_predictions_bwd(n, residuals, dpreds_LxB):
       dgram_DxDxB = mm(mm(tt_DxDxB, dgram_DxDxB), t_DxDxB)
     detas.append(-jnp.sum(dt_DxDxB * k_DxDxB) / n)
     dk_DxDxB = -c * dt_DxDxB
-    dps.append(_sum_outer(dk_DxDxB, h_DxDxB))
-    dh_DxDxB = _sb(p_DxD.T, dk_DxDxB)
-    dqs.append(_sum_outer(linalg.t_bl(gram_DxDxB), linalg.t_bl(dh_DxDxB)))
-    dgram_h = _bs(dh_DxDxB, q_DxD.T, one)
+    dps.append(linalg.sum_outer_bl(dk_DxDxB, h_DxDxB))
+    dh_DxDxB = linalg.mm_sb(p_DxD.T, dk_DxDxB)
+    dqs.append(linalg.sum_outer_bl(linalg.t_bl(gram_DxDxB), linalg.t_bl(dh_DxDxB)))
+    dgram_h = linalg.mm_bs(dh_DxDxB, q_DxD.T, one)
     dgram_DxDxB = dgram_h if dgram_DxDxB is None else dgram_DxDxB + dgram_h
   return (jnp.stack(dps[::-1]), jnp.stack(dqs[::-1]), jnp.stack(detas[::-1]), dgram_DxDxB,
           dquery_DxB)

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from looped_icl import linalg
 from looped_icl import models
+from looped_icl import population_forward
 from looped_icl import tasks as tasks_lib
 
 POPULATION_FAMILIES = ("preconditioner", "gdpp", "fixed")
@@ -79,7 +80,8 @@ def population_loss_samples(params, cfg: models.ModelConfig, task: tasks_lib.Tas
   """The Rao-Blackwellised loss of every layer for each sample of S: (S, L).
 
   Its mean over S drawn from the task's law is the exact population loss; its standard error is
-  the Monte Carlo error of that mean. Computed batch-last ((d, d, S); see :mod:`linalg`).
+  the Monte Carlo error of that mean. Computed batch-last ((d, d, S); see :mod:`linalg`) with a
+  hand-written reverse mode (:mod:`looped_icl.population_forward`).
   """
   if task.random_cov_kappa is not None:
     raise ValueError("task.random_cov_kappa must be None for the population loss (one Sigma)")
@@ -90,23 +92,10 @@ def population_loss_samples(params, cfg: models.ModelConfig, task: tasks_lib.Tas
     a_layers = a_LxDxD[..., None]
   else:                 # GD++: per-sample preconditioners, (L, d, d, S)
     a_layers = _gdpp_preconditioners_bl(a_LxDxD, b_LxDxD, eta_L, s_DxDxS)
-  sigma_x, sigma_w = task.cov[:, :, None], task.weight_cov[:, :, None]
-  noise_var = task.noise_std**2
-  n = task.n
-
-  def layer(carry, weights):
-    m_DxDxS, nn_DxDxS = carry
-    a_DxDxS, eta = weights                                             # A: (d, d, 1 or S)
-    at_s = eta * linalg.mm_bl(linalg.t_bl(a_DxDxS), s_DxDxS)           # eta A^T S
-    m_DxDxS = m_DxDxS - linalg.mm_bl(at_s, m_DxDxS)
-    nn_DxDxS = nn_DxDxS - linalg.mm_bl(at_s, nn_DxDxS) + eta * linalg.t_bl(a_DxDxS)
-    signal = linalg.frob_bl(linalg.mm_bl(linalg.mm_bl(sigma_x, m_DxDxS), sigma_w), m_DxDxS)
-    noise = linalg.frob_bl(linalg.mm_bl(linalg.mm_bl(sigma_x, nn_DxDxS), s_DxDxS), nn_DxDxS)
-    return (m_DxDxS, nn_DxDxS), signal + (noise_var / n) * noise + noise_var
-
-  m0 = -jnp.broadcast_to(linalg.eye_bl(cfg.d, s_SxDxD.dtype), s_DxDxS.shape)
-  carry0 = (m0, jnp.zeros_like(m0))
-  _, losses_LxS = jax.lax.scan(layer, carry0, (a_layers, eta_L))
+  k_LxDxDxB = eta_L[:, None, None, None] * jnp.swapaxes(a_layers, 1, 2)   # K_l = eta_l A_l^T
+  noise_var = jnp.asarray(task.noise_std, s_DxDxS.dtype)**2
+  losses_LxS = population_forward.population_losses(k_LxDxDxB, s_DxDxS, task.cov,
+                                                    task.weight_cov, noise_var, task.n)
   return losses_LxS.T
 
 

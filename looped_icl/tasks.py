@@ -200,16 +200,20 @@ def to_gram(tasks: Tasks) -> GramTasks:
   return GramTasks(gram=gram, query=query, y_query=tasks.y_query, w=tasks.w, n=n)
 
 
-def chi_square(key: jax.Array, dofs_K: jax.Array, batch_size: int) -> jax.Array:
+def chi_square(key: jax.Array, dofs_K, batch_size: int) -> jax.Array:
   """Exact chi^2 draws, (B, K): column k has ``dofs_K[k]`` >= 0 degrees of freedom (0 gives 0).
 
   chi^2_k = 2 Gamma(k / 2), Gamma by Marsaglia and Tsang's squeeze-free rejection method
   (ACM TOMS 26(3), 2000) run on the whole array at once: every pass draws one normal and one
-  uniform per entry, keeps the entries not yet accepted, and stops when all are (a few passes;
-  acceptance is >= 95% per entry for shape >= 1). Shapes below 1 use Gamma(a) =
-  Gamma(a + 1) U^(1/a). ``jax.random.gamma`` loops per entry with a key split per try, 10x
-  slower at B = 4000 (BUILD_NOTES.md, Performance).
+  uniform per entry (from a single uniform draw, the normal as ``jax.random.normal`` makes it:
+  each random call is its own loop on CPU), keeps the entries not yet accepted, and stops when
+  all are (a few passes; acceptance is >= 95% per entry for shape >= 1). Shapes below 1 use
+  Gamma(a) = Gamma(a + 1) U^(1/a); concrete (NumPy) ``dofs_K`` all >= 2 skip that draw.
+  ``jax.random.gamma`` loops per entry with a key split per try, 10x slower at B = 4000
+  (BUILD_NOTES.md, Performance).
   """
+  needs_boost = isinstance(dofs_K, jax.Array) or bool(np.any(np.asarray(dofs_K) < 2))
+  dofs_K = jnp.asarray(dofs_K)
   dtype = dofs_K.dtype
   shape = (batch_size, dofs_K.shape[0])
   dofs_1xK = dofs_K[None, :]
@@ -218,11 +222,12 @@ def chi_square(key: jax.Array, dofs_K: jax.Array, batch_size: int) -> jax.Array:
   d_K = jnp.where(boost_K, a_K + 1.0, a_K) - 1.0 / 3.0
   c_K = 1.0 / jnp.sqrt(9.0 * d_K)
   k_boost, k_passes = jax.random.split(key)
+  lowest = np.nextafter(np.asarray(-1.0, dtype), np.asarray(0.0, dtype))
 
   def candidates(index):
-    k_x, k_u = jax.random.split(jax.random.fold_in(k_passes, index))
-    x = jax.random.normal(k_x, shape, dtype)
-    u = jax.random.uniform(k_u, shape, dtype)
+    u_2xBxK = jax.random.uniform(jax.random.fold_in(k_passes, index), (2,) + shape, dtype)
+    x = np.sqrt(2.0).astype(dtype) * jax.lax.erf_inv(jnp.maximum(2.0 * u_2xBxK[0] - 1.0, lowest))
+    u = u_2xBxK[1]
     v = (1.0 + c_K * x) ** 3
     v_safe = jnp.where(v > 0, v, 1.0)
     ok = (v > 0) & (jnp.log(u) < 0.5 * x * x + d_K - d_K * v_safe + d_K * jnp.log(v_safe))
@@ -238,22 +243,26 @@ def chi_square(key: jax.Array, dofs_K: jax.Array, batch_size: int) -> jax.Array:
 
   value, ok = candidates(0)
   _, gamma, _ = jax.lax.while_loop(cond, body, (jnp.asarray(1, jnp.uint32), value, ok))
-  u = jax.random.uniform(k_boost, shape, dtype, minval=jnp.finfo(dtype).tiny)
-  gamma = jnp.where(boost_K, gamma * u ** (1.0 / jnp.where(boost_K, a_K, 1.0)), gamma)
+  if needs_boost:
+    u = jax.random.uniform(k_boost, shape, dtype, minval=jnp.finfo(dtype).tiny)
+    gamma = jnp.where(boost_K, gamma * u ** (1.0 / jnp.where(boost_K, a_K, 1.0)), gamma)
   return jnp.where(dofs_1xK > 0, 2.0 * gamma, 0.0)
 
 
-def _bartlett_chi_square(key: jax.Array, n: int, d: int, batch_size: int, dtype) -> jax.Array:
-  """(B, d+1) chi-squares: dofs n, n-1, ..., n-d+1 (diag(A)^2) and n-d (the residual)."""
-  return chi_square(key, jnp.asarray(np.append(n - np.arange(d), n - d), dtype), batch_size)
+def _bartlett_chi_square(key: jax.Array, n: int, d: int, batch_size: int, dtype, *,
+                         residual: bool = True) -> jax.Array:
+  """(B, d) chi-squares with dofs n, n-1, ..., n-d+1 (diag(A)^2), then with ``residual`` a
+  column with n-d (the residual sum of squares)."""
+  dofs = n - np.arange(d + 1 if residual else d)
+  return chi_square(key, dofs.astype(dtype), batch_size)
 
 
-def _bartlett_bl(chi2_BxK: jax.Array, below_OxB: jax.Array) -> jax.Array:
+def _bartlett_bl(chi2_BxD: jax.Array, below_OxB: jax.Array) -> jax.Array:
   """The batch-last Bartlett factor A, (d, d, B): sqrt(chi^2) on the diagonal, the d(d-1)/2
   normals ``below_OxB`` below it (row by row), zeros above (no normals drawn for them)."""
-  d = chi2_BxK.shape[1] - 1
-  zero_B = jnp.zeros(chi2_BxK.shape[:1], chi2_BxK.dtype)
-  entries = [[jnp.sqrt(chi2_BxK[:, i]) if i == j else zero_B for j in range(d)]
+  d = chi2_BxD.shape[1]
+  zero_B = jnp.zeros(chi2_BxD.shape[:1], chi2_BxD.dtype)
+  entries = [[jnp.sqrt(chi2_BxD[:, i]) if i == j else zero_B for j in range(d)]
              for i in range(d)]
   for index, (i, j) in enumerate(zip(*np.tril_indices(d, -1))):
     entries[i][j] = below_OxB[index]
@@ -270,7 +279,7 @@ def _bartlett_draw(key: jax.Array, n: int, d: int, batch_size: int, dtype):
   k_chi, k_below = jax.random.split(key)
   chi2_BxK = _bartlett_chi_square(k_chi, n, d, batch_size, dtype)
   below_OxB = jax.random.normal(k_below, (d * (d - 1) // 2, batch_size), dtype)
-  return jnp.moveaxis(_bartlett_bl(chi2_BxK, below_OxB), -1, 0), chi2_BxK[:, d]
+  return jnp.moveaxis(_bartlett_bl(chi2_BxK[:, :d], below_OxB), -1, 0), chi2_BxK[:, d]
 
 
 def bartlett_factor(key: jax.Array, n: int, d: int, batch_size: int, dtype) -> jax.Array:
@@ -309,7 +318,7 @@ def sample_gram(key: jax.Array, task: TaskDistribution, batch_size: int) -> Gram
   z_ZxB = jax.random.normal(k_normal, (num_below + 3 * d + 1, batch_size), dtype)
   u_DxB, gw_DxB, gq_DxB = (z_ZxB[num_below + i * d:num_below + (i + 1) * d] for i in range(3))
   eps_q_B = z_ZxB[-1]
-  a_DxDxB = _bartlett_bl(chi2_BxK, z_ZxB[:num_below])
+  a_DxDxB = _bartlett_bl(chi2_BxK[:, :d], z_ZxB[:num_below])
   one = linalg.opaque_one(dtype)
   c_DxDxB = (chol @ a_DxDxB.reshape(d, d * batch_size)).reshape(d, d, batch_size)  # X = Q C^T
   xtx_DxDxB = linalg.mm_bl_unrolled(c_DxDxB, linalg.t_bl(c_DxDxB), one)
@@ -337,10 +346,15 @@ def sample_empirical_covariance(key: jax.Array, task: TaskDistribution, num: int
   if not uses_bartlett(task):
     x = sample_tasks(key, task, num).x
     return jnp.einsum("bni,bnj->bij", x, x) / task.n
-  k_cov, k_a = jax.random.split(key)
+  d, dtype = task.d, task.cov.dtype
+  k_cov, k_chi, k_below = jax.random.split(key, 3)
   chol, _ = _factors(k_cov, task, num)
-  c = linalg.mm(chol, bartlett_factor(k_a, task.n, task.d, num, task.cov.dtype))
-  return linalg.mm(c, linalg.t(c)) / task.n
+  chi2_BxD = _bartlett_chi_square(k_chi, task.n, d, num, dtype, residual=False)
+  below_OxB = jax.random.normal(k_below, (d * (d - 1) // 2, num), dtype)
+  a_DxDxB = _bartlett_bl(chi2_BxD, below_OxB)
+  c_DxDxB = (chol @ a_DxDxB.reshape(d, d * num)).reshape(d, d, num)      # X = Q C^T
+  xtx_DxDxB = linalg.mm_bl_unrolled(c_DxDxB, linalg.t_bl(c_DxDxB), linalg.opaque_one(dtype))
+  return jnp.moveaxis(xtx_DxDxB, -1, 0) / task.n
 
 
 def split_gram(gram: GramTasks):

@@ -136,8 +136,12 @@ def test_gdpp_beats_gd_on_typical_tasks_and_optimum_on_average(gdpp):
   # The population optimum's mean 0.03-0.045 (+- 0.015 from its own rare tail) vs GD's 0.87.
   assert held["optimum"]["mean"] < 0.1 * held["gd"]["mean"]
   # The optimum is the light-tailed branch B_0 ~ 0.35 I, B_1 ~ 0.96 I (0.347, 0.961 when fitted
-  # on 200k S; 0.350, 0.961 on the quick 20k): 0.05 covers the fit-sample error.
-  np.testing.assert_allclose(results["solver_b"], [0.35, 0.96], atol=0.05)
+  # on 200k S). B_1 is sharply identified; B_0 barely (held-out loss 0.0304-0.0310 along it):
+  # fitted on four independent quick samples of 20k S it was 0.415, 0.389, 0.343, 0.338 (sd
+  # 0.037; B_1 0.959-0.961), so B_0 is checked to 3 sd of that fit-sample error.
+  b_0, b_1 = results["solver_b"]
+  assert abs(b_0 - 0.35) < 0.11
+  assert abs(b_1 - 0.96) < 0.01
   # ... and it is not the branch training found: the trained model's held-out mean is dominated
   # by rare S (measured 7e2 and 9e6 on two samples, > 1e4 x the optimum's).
   assert not results["trained_branch_is_optimum"]
