@@ -35,30 +35,44 @@ import jax.numpy as jnp
 from looped_icl import linalg
 
 
-def _forward(k_LxDxDxB, s_DxDxS, sigma_x_DxD, sigma_w_DxD, noise_var, n):
-  """Per-layer losses (L, S) and the per-layer residuals (M_{l+1}, N_{l+1}, U_l, Q_l, V_l, W_l)."""
-  one = linalg.opaque_one(s_DxDxS.dtype)
-  mm = functools.partial(linalg.mm_bl_unrolled, one=one)
-  eye_DxDx1 = linalg.eye_bl(s_DxDxS.shape[0], s_DxDxS.dtype)
-  c = noise_var / n
-  sigma_x, sigma_w = sigma_x_DxD[:, :, None], sigma_w_DxD[:, :, None]
-  m_DxDxS = n_DxDxS = None
-  losses, saved = [], []
-  for l in range(k_LxDxDxB.shape[0]):
-    k_DxDxB = k_LxDxDxB[l]
-    u_DxDxS = mm(k_DxDxB, s_DxDxS)
-    if l == 0:
-      m_DxDxS = u_DxDxS - eye_DxDx1
-      n_DxDxS = jnp.broadcast_to(k_DxDxB, s_DxDxS.shape)
-    else:
-      m_DxDxS = m_DxDxS - mm(u_DxDxS, m_DxDxS)
-      n_DxDxS = n_DxDxS - mm(u_DxDxS, n_DxDxS) + k_DxDxB
-    q_DxDxS = mm(mm(sigma_x, m_DxDxS), sigma_w)
-    v_DxDxS = mm(sigma_x, n_DxDxS)
-    w_DxDxS = mm(v_DxDxS, s_DxDxS)
-    losses.append(linalg.frob_bl(q_DxDxS, m_DxDxS) + c * linalg.frob_bl(w_DxDxS, n_DxDxS)
-                  + noise_var)
-    saved.append((m_DxDxS, n_DxDxS, u_DxDxS, q_DxDxS, v_DxDxS, w_DxDxS))
+def _layer(m_DxDxS, n_DxDxS, k_DxDxB, s_DxDxS, sigma_x, sigma_w, noise_var, n, mm):
+  """One layer (M_l, N_l -> M_{l+1}, N_{l+1}; M_l None for the first) and its loss, (S,)."""
+  u_DxDxS = mm(k_DxDxB, s_DxDxS)
+  if m_DxDxS is None:
+    m_DxDxS = u_DxDxS - linalg.eye_bl(s_DxDxS.shape[0], s_DxDxS.dtype)
+    n_DxDxS = jnp.broadcast_to(k_DxDxB, s_DxDxS.shape)
+  else:
+    m_DxDxS = m_DxDxS - mm(u_DxDxS, m_DxDxS)
+    n_DxDxS = n_DxDxS - mm(u_DxDxS, n_DxDxS) + k_DxDxB
+  q_DxDxS = mm(mm(sigma_x, m_DxDxS), sigma_w)
+  v_DxDxS = mm(sigma_x, n_DxDxS)
+  w_DxDxS = mm(v_DxDxS, s_DxDxS)
+  loss_S = (linalg.frob_bl(q_DxDxS, m_DxDxS) + noise_var / n * linalg.frob_bl(w_DxDxS, n_DxDxS)
+            + noise_var)
+  return loss_S, (m_DxDxS, n_DxDxS, u_DxDxS, q_DxDxS, v_DxDxS, w_DxDxS)
+
+
+def _forward(k_LxDxDxB, s_DxDxS, sigma_x_DxD, sigma_w_DxD, noise_var, n, *, residuals: bool):
+  """Per-layer losses (L, S) and, with ``residuals``, the per-layer (M_{l+1}, N_{l+1}, U_l, Q_l,
+  V_l, W_l) of the reverse pass. Without, the layers after the first run in a lax.scan: its
+  compile time does not grow with L (20 unrolled layers took 2.7 s to compile), and nothing is
+  differentiated through it."""
+  mm = functools.partial(linalg.mm_bl_unrolled, one=linalg.opaque_one(s_DxDxS.dtype))
+  layer = functools.partial(_layer, s_DxDxS=s_DxDxS, sigma_x=sigma_x_DxD[:, :, None],
+                            sigma_w=sigma_w_DxD[:, :, None], noise_var=noise_var, n=n, mm=mm)
+  loss_S, saved = layer(None, None, k_LxDxDxB[0])
+  if not residuals:
+    def body(carry, k_DxDxB):
+      loss_S, out = layer(*carry, k_DxDxB)
+      return out[:2], loss_S
+
+    _, losses_LxS = jax.lax.scan(body, saved[:2], k_LxDxDxB[1:])
+    return jnp.concatenate([loss_S[None], losses_LxS]), None
+  losses, saved = [loss_S], [saved]
+  for l in range(1, k_LxDxDxB.shape[0]):
+    loss_S, out = layer(*saved[-1][:2], k_LxDxDxB[l])
+    losses.append(loss_S)
+    saved.append(out)
   return jnp.stack(losses), saved
 
 
@@ -71,11 +85,13 @@ def population_losses(k_LxDxDxB: jax.Array, s_DxDxS: jax.Array, sigma_x_DxD: jax
   ``s_DxDxS``: samples of S = X^T X / n, batch-last; the covariances must be symmetric.
   Reverse mode is hand-written (module doc).
   """
-  return _forward(k_LxDxDxB, s_DxDxS, sigma_x_DxD, sigma_w_DxD, noise_var, n)[0]
+  return _forward(k_LxDxDxB, s_DxDxS, sigma_x_DxD, sigma_w_DxD, noise_var, n,
+                  residuals=False)[0]
 
 
 def _population_losses_fwd(k_LxDxDxB, s_DxDxS, sigma_x_DxD, sigma_w_DxD, noise_var, n):
-  losses_LxS, saved = _forward(k_LxDxDxB, s_DxDxS, sigma_x_DxD, sigma_w_DxD, noise_var, n)
+  losses_LxS, saved = _forward(k_LxDxDxB, s_DxDxS, sigma_x_DxD, sigma_w_DxD, noise_var, n,
+                               residuals=True)
   return losses_LxS, (k_LxDxDxB, s_DxDxS, sigma_x_DxD, sigma_w_DxD, noise_var, saved)
 
 
