@@ -145,12 +145,6 @@ def mm_bs(a_MxKxB: jax.Array, s_KxN: jax.Array, one: jax.Array | None = None) ->
   return mm_bl_unrolled(a_MxKxB, s_KxN[:, :, None], one)
 
 
-def mm_sb(s_MxK: jax.Array, a_KxNxB: jax.Array) -> jax.Array:
-  """Shared times batch: (m, k) x (k, n, B) -> (m, n, B), one GEMM over (k, n B)."""
-  k, n, b = a_KxNxB.shape
-  return (s_MxK @ a_KxNxB.reshape(k, n * b)).reshape(s_MxK.shape[0], n, b)
-
-
 def sum_outer_bl(a_MxKxB: jax.Array, b_NxKxB: jax.Array) -> jax.Array:
   """sum_b a_b b_b^T: (m, k, B) x (n, k, B) -> (m, n), one GEMM over k B (measured 4x faster
   than the einsum form on CPU); the gradient of a shared matrix w.r.t. a batch of products."""
