@@ -28,7 +28,7 @@ from looped_icl import linalg
 def _layer(gram_DxDxB, query_DxB, p_DxD, q_DxD, c, one, *, last: bool):
   """One layer: G', u' and what the reverse pass needs. The last layer skips G' (unused)."""
   mm = functools.partial(linalg.mm_bl_unrolled, one=one)
-  h_DxDxB = linalg.mm_bs(gram_DxDxB, q_DxD, one)
+  h_DxDxB = mm(gram_DxDxB, q_DxD[:, :, None])
   k_DxDxB = mm(p_DxD[:, :, None], h_DxDxB)
   t_DxDxB = linalg.eye_bl(p_DxD.shape[0], p_DxD.dtype) - c * k_DxDxB
   query_next = mm(t_DxDxB, query_DxB[:, None, :])[:, 0, :]
@@ -110,7 +110,7 @@ def _gram_predictions_bwd(n, residuals, dpreds_LxB):
     dps.append(linalg.sum_outer_bl(dk_DxDxB, h_DxDxB))
     dh_DxDxB = mm(p_DxD.T[:, :, None], dk_DxDxB)
     dqs.append(linalg.sum_outer_bl(linalg.t_bl(gram_DxDxB), linalg.t_bl(dh_DxDxB)))
-    dgram_h = linalg.mm_bs(dh_DxDxB, q_DxD.T, one)
+    dgram_h = mm(dh_DxDxB, q_DxD.T[:, :, None])
     dgram_DxDxB = dgram_h if dgram_DxDxB is None else dgram_DxDxB + dgram_h
   return (jnp.stack(dps[::-1]), jnp.stack(dqs[::-1]), jnp.stack(detas[::-1]), dgram_DxDxB,
           dquery_DxB)

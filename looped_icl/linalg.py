@@ -140,11 +140,6 @@ def mm_bl(a_MxKxB: jax.Array, b_KxNxB: jax.Array) -> jax.Array:
   return _mm_bl_fused(a_MxKxB, b_KxNxB)
 
 
-def mm_bs(a_MxKxB: jax.Array, s_KxN: jax.Array, one: jax.Array | None = None) -> jax.Array:
-  """Batch times shared: (m, k, B) x (k, n) -> (m, n, B), one fused pass (no custom VJP)."""
-  return mm_bl_unrolled(a_MxKxB, s_KxN[:, :, None], one)
-
-
 def sum_outer_bl(a_MxKxB: jax.Array, b_NxKxB: jax.Array) -> jax.Array:
   """sum_b a_b b_b^T: (m, k, B) x (n, k, B) -> (m, n), one GEMM over k B (measured 4x faster
   than the einsum form on CPU); the gradient of a shared matrix w.r.t. a batch of products."""

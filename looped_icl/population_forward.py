@@ -21,9 +21,8 @@ Every product, shared matrices (K, Sigma) times the batch included, is one fused
 (``linalg.mm_bl_unrolled`` with an opaque 1): a GEMM over the reshaped batch reshapes its
 operand, and XLA:CPU fuses the producing product into that reshape at ~20 ns per element. As
 in :mod:`gram_forward`, the differentiated path unrolls the layers in Python and evaluation
-scans them. Autodiff of the recursion (the first
-performance pass) took 12.3 ms for the value and gradient at S = 1024, L = 4; this takes 1.5 ms
-(BUILD_NOTES.md, Performance).
+scans them. Autodiff of the recursion (the first performance pass) took 12.3 ms for the value
+and gradient at S = 1024, L = 4; this takes 1.5 ms (BUILD_NOTES.md, Performance).
 """
 
 from __future__ import annotations
