@@ -269,6 +269,15 @@ def _bartlett_bl(chi2_BxD: jax.Array, below_OxB: jax.Array) -> jax.Array:
   return jnp.stack([jnp.stack(row) for row in entries])
 
 
+def _bartlett_gram_bl(chol_DxD: jax.Array, chi2_BxD: jax.Array, below_OxB: jax.Array, one):
+  """(C, X^T X), batch-last (d, d, B) each: X = Q C^T with C = L A (L the Cholesky factor of
+  Sigma, A the Bartlett factor), so X^T X = C C^T."""
+  d, batch = chi2_BxD.shape[1], chi2_BxD.shape[0]
+  a_DxDxB = _bartlett_bl(chi2_BxD, below_OxB)
+  c_DxDxB = (chol_DxD @ a_DxDxB.reshape(d, d * batch)).reshape(d, d, batch)
+  return c_DxDxB, linalg.mm_bl_unrolled(c_DxDxB, linalg.t_bl(c_DxDxB), one)
+
+
 def _bartlett_draw(key: jax.Array, n: int, d: int, batch_size: int, dtype):
   """(A, r): the Bartlett factor A, (B, d, d), and an independent r ~ chi^2_{n-d}, (B,)."""
   n = validation.positive_int("n", n)
@@ -318,10 +327,8 @@ def sample_gram(key: jax.Array, task: TaskDistribution, batch_size: int) -> Gram
   z_ZxB = jax.random.normal(k_normal, (num_below + 3 * d + 1, batch_size), dtype)
   u_DxB, gw_DxB, gq_DxB = (z_ZxB[num_below + i * d:num_below + (i + 1) * d] for i in range(3))
   eps_q_B = z_ZxB[-1]
-  a_DxDxB = _bartlett_bl(chi2_BxK[:, :d], z_ZxB[:num_below])
   one = linalg.opaque_one(dtype)
-  c_DxDxB = (chol @ a_DxDxB.reshape(d, d * batch_size)).reshape(d, d, batch_size)  # X = Q C^T
-  xtx_DxDxB = linalg.mm_bl_unrolled(c_DxDxB, linalg.t_bl(c_DxDxB), one)
+  c_DxDxB, xtx_DxDxB = _bartlett_gram_bl(chol, chi2_BxK[:, :d], z_ZxB[:num_below], one)
   w_DxB = w_factor @ gw_DxB
   xte_DxB = sigma * linalg.mm_bl_unrolled(c_DxDxB, u_DxB[:, None, :], one)[:, 0]  # X^T eps
   xtx_w_DxB = linalg.mm_bl_unrolled(xtx_DxDxB, w_DxB[:, None, :], one)[:, 0]
@@ -351,9 +358,7 @@ def sample_empirical_covariance(key: jax.Array, task: TaskDistribution, num: int
   chol, _ = _factors(k_cov, task, num)
   chi2_BxD = _bartlett_chi_square(k_chi, task.n, d, num, dtype, residual=False)
   below_OxB = jax.random.normal(k_below, (d * (d - 1) // 2, num), dtype)
-  a_DxDxB = _bartlett_bl(chi2_BxD, below_OxB)
-  c_DxDxB = (chol @ a_DxDxB.reshape(d, d * num)).reshape(d, d, num)      # X = Q C^T
-  xtx_DxDxB = linalg.mm_bl_unrolled(c_DxDxB, linalg.t_bl(c_DxDxB), linalg.opaque_one(dtype))
+  _, xtx_DxDxB = _bartlett_gram_bl(chol, chi2_BxD, below_OxB, linalg.opaque_one(dtype))
   return jnp.moveaxis(xtx_DxDxB, -1, 0) / task.n
 
 
