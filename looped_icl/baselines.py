@@ -45,6 +45,7 @@ import numpy as np
 
 from looped_icl import constructions
 from looped_icl import covariance as cov_lib
+from looped_icl import estimators
 from looped_icl import losses
 from looped_icl import tasks as tasks_lib
 from looped_icl import validation
@@ -308,7 +309,8 @@ def best_gd_eta(task: tasks_lib.TaskDistribution, steps: int, s_SxDxD: jax.Array
   Args:
     task: the task distribution (one fixed Sigma: ``random_cov_kappa`` must be None).
     steps: k >= 1.
-    s_SxDxD: fixed samples of S = X^T X / n (:func:`looped_icl.tasks.sample_empirical_covariance`).
+    s_SxDxD: fixed samples of S = X^T X / n (:func:`looped_icl.tasks.sample_empirical_covariance`),
+      or importance-weighted ones (:class:`looped_icl.estimators.WeightedS`).
     preconditioner: A, (d, d); None means A = I (plain GD).
     eta_bounds: (low, high) of the initial grid, 0 < low < high; default
       (1e-4, 10) / ||A^T S_mean||_2, with S_mean the mean of the samples.
@@ -329,13 +331,17 @@ def best_gd_eta(task: tasks_lib.TaskDistribution, steps: int, s_SxDxD: jax.Array
   if task.random_cov_kappa is not None:
     raise ValueError("task.random_cov_kappa must be None for best_gd_eta (one fixed Sigma)")
   d = task.d
-  validation.shape("s_SxDxD", s_SxDxD, (None, d, d))
   dtype = task.cov.dtype
-  s_SxDxD = jnp.asarray(s_SxDxD, dtype)
+  if isinstance(s_SxDxD, estimators.WeightedS):   # importance-weighted samples: kept as given
+    s_mean = jnp.mean(s_SxDxD.weight[:, None, None] * s_SxDxD.s, axis=0)
+  else:
+    validation.shape("s_SxDxD", s_SxDxD, (None, d, d))
+    s_SxDxD = jnp.asarray(s_SxDxD, dtype)
+    s_mean = jnp.mean(s_SxDxD, axis=0)
   a_DxD = jnp.eye(d, dtype=dtype) if preconditioner is None else _check_square(
       "preconditioner", preconditioner, d).astype(dtype)
   if eta_bounds is None:
-    scale = float(jnp.linalg.norm(a_DxD.T @ jnp.mean(s_SxDxD, axis=0), ord=2))
+    scale = float(jnp.linalg.norm(a_DxD.T @ s_mean, ord=2))
     if not np.isfinite(scale) or scale <= 0:
       raise ValueError("preconditioner must give A^T S a nonzero finite norm, got "
                        f"||A^T S_mean||_2 = {scale!r}")

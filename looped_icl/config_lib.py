@@ -25,6 +25,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "step", "cosine")
 OBJECTIVES = ("mc", "population")
 MODES = ("standard", "gradient_flow")
+POPULATION_PROPOSALS = ("defensive", "plain")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -108,12 +109,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.keep_checkpoints = 3
   # Fresh tasks for the final evaluation (the summary's final_eval_loss).
   c.train.eval_tasks = 10000
-  # Samples of S for evaluating the population loss (summary, loss vs loops).
+  # Samples of S for evaluating the population loss (summary, loss vs loops); importance-sampled
+  # from a proposal chosen for the trained model (looped_icl/estimators.py).
   c.train.eval_population_samples = 10000
+  # Law of the population objective's samples of S: defensive (half plain, half from an inflated
+  # Sigma, importance-weighted: unbiased, lower variance at L >= 4, n/d <= 5) | plain.
+  c.train.population_proposal = "defensive"
 
   c.solver = ml_collections.ConfigDict()
-  # Fixed samples of S for the float64 L-BFGS population-optimum solver.
+  # Fixed (importance-weighted) samples of S for the float64 L-BFGS population-optimum solver:
+  # the fit, the restart choice and the proposal's pilot each draw this many.
   c.solver.samples = 20000
+  # Held-out samples of S for the reported optimum loss and its standard error.
+  c.solver.test_samples = 100000
   # Random restarts and L-BFGS iterations per restart.
   c.solver.restarts = 4
   c.solver.max_iters = 500
@@ -136,6 +144,7 @@ def make_quick(config: ml_collections.ConfigDict, *, steps: int, batch_size: int
   config.train.eval_tasks = 10000
   config.train.eval_population_samples = 4000
   config.solver.samples = 4000
+  config.solver.test_samples = 20000
   config.solver.restarts = 2
   config.solver.max_iters = 200
   return config
@@ -166,11 +175,13 @@ class TrainConfig:
   keep_checkpoints: int
   eval_tasks: int
   eval_population_samples: int
+  population_proposal: str
 
 
 @dataclasses.dataclass(frozen=True)
 class SolverConfig:
   samples: int
+  test_samples: int
   restarts: int
   max_iters: int
 
@@ -268,6 +279,8 @@ def build_train(t: ml_collections.ConfigDict) -> TrainConfig:
         eval_tasks=validation.positive_int("eval_tasks", t.eval_tasks),
         eval_population_samples=validation.positive_int("eval_population_samples",
                                                         t.eval_population_samples),
+        population_proposal=validation.choice("population_proposal", t.population_proposal,
+                                              POPULATION_PROPOSALS),
     )
     if tc.checkpoint_every % tc.log_every:
       raise ValueError(f"checkpoint_every must be a multiple of log_every={tc.log_every}, "
@@ -285,6 +298,7 @@ def build_train(t: ml_collections.ConfigDict) -> TrainConfig:
 def build_solver(s: ml_collections.ConfigDict) -> SolverConfig:
   with _field_prefix("solver"):
     return SolverConfig(samples=validation.positive_int("samples", s.samples),
+                        test_samples=validation.positive_int("test_samples", s.test_samples),
                         restarts=validation.positive_int("restarts", s.restarts),
                         max_iters=validation.positive_int("max_iters", s.max_iters))
 

@@ -13,9 +13,11 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from looped_icl import baselines
 from looped_icl import config_lib
+from looped_icl import estimators
 from looped_icl import losses
 from looped_icl import models
 from looped_icl import plotting
@@ -63,13 +65,20 @@ def summarize(params, exp: config_lib.Experiment, key: jax.Array) -> dict:
       "covariance": np.asarray(task.cov).tolist(),
       "loss_vs_loops": sq_err_BxL.mean(axis=0).tolist(),
   }
-  s_samples = tasks_lib.sample_empirical_covariance(k_s, task, tc.eval_population_samples)
+  s_samples = None
   if model.parametrization in losses.POPULATION_FAMILIES and model.activation == "linear":
-    per_sample = np.asarray(losses.population_loss_samples(params, model, task, s_samples,
-                                                           num_loops=num_loops), np.float64)
-    summary["population_loss"], summary["population_loss_stderr"] = _mean_and_stderr(
-        per_sample[:, trained - 1])
-    summary["population_loss_vs_loops"] = per_sample.mean(axis=0).tolist()
+    report, s_samples, _ = losses.estimate_population_loss(
+        params, model, task, k_s, tc.eval_population_samples, num_loops=num_loops,
+        layer=trained - 1)
+    summary["population_loss"] = report["value"]
+    summary["population_loss_stderr"] = report["stderr"]
+    summary["population_loss_vs_loops"] = report.pop("values")
+    summary["population_loss_vs_loops_stderr"] = report.pop("stderrs")
+    summary["population_loss_estimate"] = report
+    if report["warning"]:
+      logging.warning("population loss %s", estimators.format_estimate(report))
+  else:
+    s_samples = tasks_lib.sample_empirical_covariance(k_s, task, tc.eval_population_samples)
   if model.activation == "linear":
     a_eff = np.asarray(theory.effective_preconditioners(params, model), np.float64)
     whitened = np.asarray(theory.whiten_preconditioner(jnp.asarray(a_eff, task.cov.dtype),

@@ -8,7 +8,7 @@ e_l = w_l - w* = M_l w* + N_l xi, xi = X^T eps / n, S = X^T X / n:
   N_{l+1} = (I - eta_l A_l^T S) N_l + eta_l A_l^T.
 The expectation over w* ~ N(0, Sigma_w), x_q ~ (0, Sigma), eps ~ N(0, sigma^2) is exact:
   f = E_S[ tr(Sigma M_L Sigma_w M_L^T) + sigma^2 / n tr(Sigma N_L S N_L^T) ] + sigma^2,
-and only S is sampled. GD++ is preconditioned GD with the S-dependent preconditioner
+and only S is sampled (plainly, or with importance weights: :mod:`looped_icl.estimators`). GD++ is preconditioned GD with the S-dependent preconditioner
 A~_l = C_l^T A_l C_l, C_0 = I, C_{l+1} = (I - eta_l B_l C_l S C_l^T A_l) C_l (the running
 covariate transform), so the same formula applies.
 """
@@ -18,7 +18,9 @@ from __future__ import annotations
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from looped_icl import estimators
 from looped_icl import linalg
 from looped_icl import models
 from looped_icl import population_forward
@@ -75,16 +77,22 @@ def effective_preconditioners(params, cfg: models.ModelConfig, s_SxDxD: jax.Arra
   return jnp.moveaxis(a_LxDxDxS, -1, 0)
 
 
-def population_loss_samples(params, cfg: models.ModelConfig, task: tasks_lib.TaskDistribution,
-                            s_SxDxD: jax.Array, *, num_loops: int | None = None) -> jax.Array:
-  """The Rao-Blackwellised loss of every layer for each sample of S: (S, L).
+def _samples_of_s(samples) -> jax.Array:
+  return samples.s if isinstance(samples, estimators.WeightedS) else samples
 
-  Its mean over S drawn from the task's law is the exact population loss; its standard error is
-  the Monte Carlo error of that mean. Computed batch-last ((d, d, S); see :mod:`linalg`) with a
+
+def population_loss_samples(params, cfg: models.ModelConfig, task: tasks_lib.TaskDistribution,
+                            samples, *, num_loops: int | None = None) -> jax.Array:
+  """The Rao-Blackwellised loss of every layer for each sample of S: (S, L), unweighted.
+
+  ``samples``: S, (S, d, d), or :class:`~looped_icl.estimators.WeightedS` (its ``s``). The
+  population loss is the mean of weight * value (:func:`looped_icl.estimators.estimate` gives it
+  with its standard error and tail diagnostics). Computed batch-last ((d, d, S); see :mod:`linalg`) with a
   hand-written reverse mode (:mod:`looped_icl.population_forward`).
   """
   if task.random_cov_kappa is not None:
     raise ValueError("task.random_cov_kappa must be None for the population loss (one Sigma)")
+  s_SxDxD = _samples_of_s(samples)
   chex.assert_shape(s_SxDxD, (None, cfg.d, cfg.d))
   a_LxDxD, b_LxDxD, eta_L = _family_weights(params, cfg, num_loops)
   s_DxDxS = linalg.to_bl(s_SxDxD)
@@ -100,9 +108,60 @@ def population_loss_samples(params, cfg: models.ModelConfig, task: tasks_lib.Tas
 
 
 def population_loss(params, cfg: models.ModelConfig, task: tasks_lib.TaskDistribution,
-                    s_SxDxD: jax.Array, *, num_loops: int | None = None,
+                    samples, *, num_loops: int | None = None,
                     all_layers: bool = False) -> jax.Array:
-  """Exact population loss (mean over the given samples of S) of the last layer, or (L,)."""
-  losses = jnp.mean(population_loss_samples(params, cfg, task, s_SxDxD, num_loops=num_loops),
-                    axis=0)
+  """Unbiased estimate of the population loss of the last layer, or (L,): the mean over the
+  samples of S (an array: plain Monte Carlo) or the weighted mean (``WeightedS``)."""
+  values_SxL = population_loss_samples(params, cfg, task, samples, num_loops=num_loops)
+  if isinstance(samples, estimators.WeightedS):
+    losses = estimators.weighted_mean(values_SxL, samples)
+  else:
+    losses = jnp.mean(values_SxL, axis=0)
   return losses if all_layers else losses[-1]
+
+
+_samples_fn = jax.jit(population_loss_samples, static_argnames=("cfg", "num_loops"))
+
+
+def choose_proposal(params, cfg: models.ModelConfig, task: tasks_lib.TaskDistribution,
+                    key: jax.Array, pilot_samples: int, *, num_loops: int | None = None,
+                    layer: int = -1):
+  """(proposal, info) of least measured variance for this model's per-S loss at ``layer``
+  (:func:`estimators.choose_proposal`)."""
+  return estimators.choose_proposal(
+      lambda s: _samples_fn(params, cfg, task, s, num_loops=num_loops)[:, layer], key, task,
+      pilot_samples=pilot_samples)
+
+
+def estimate_population_loss(params, cfg: models.ModelConfig, task: tasks_lib.TaskDistribution,
+                             key: jax.Array, num_samples: int, *, num_loops: int | None = None,
+                             layer: int | None = None, pilot_samples: int | None = None,
+                             proposal: estimators.Proposal | None = None):
+  """The population loss of one model with its standard error and tail diagnostics.
+
+  The proposal is chosen for this model's per-S loss at ``layer`` (default: the last of
+  ``num_loops``) on a pilot sample (``fold_in(key, 0)``; :func:`estimators.choose_proposal`)
+  unless given, then ``num_samples`` fresh weighted samples are drawn (``fold_in(key, 1)``).
+
+  Returns:
+    (report, samples, values_SxL): report = the :func:`estimators.estimate` dict of ``layer``
+    plus the proposal, its measured variance reduction, and per-layer ``values`` / ``stderrs``;
+    the WeightedS and the unweighted per-sample losses (S, L), for paired comparisons.
+  """
+  per_sample = lambda s: _samples_fn(params, cfg, task, s, num_loops=num_loops)
+  num_layers = cfg.num_layers if num_loops is None else num_loops
+  layer = num_layers - 1 if layer is None else layer
+  if proposal is None:
+    proposal, info = choose_proposal(params, cfg, task, jax.random.fold_in(key, 0),
+                                     pilot_samples or max(10000, num_samples // 5),
+                                     num_loops=num_loops, layer=layer)
+  else:
+    info = {"proposal": proposal.describe(), "proposal_scales": list(proposal.scales),
+            "proposal_weights": list(proposal.weights)}
+  samples = estimators.sample(jax.random.fold_in(key, 1), task, num_samples, proposal)
+  values_SxL = np.asarray(per_sample(samples.s), np.float64)
+  per_layer = [estimators.estimate(values_SxL[:, l], samples) for l in range(num_layers)]
+  report = dict(per_layer[layer], **info)
+  report["values"] = [e["value"] for e in per_layer]
+  report["stderrs"] = [e["stderr"] for e in per_layer]
+  return report, samples, values_SxL

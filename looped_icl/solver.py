@@ -1,15 +1,25 @@
 """The population optimum of the preconditioner / GD++ / fixed families (layered or looped).
 
-Minimises the exact Rao-Blackwellised population loss (:func:`looped_icl.losses.population_loss`)
-over a large fixed sample of S = X^T X / n, in float64, with L-BFGS (scipy) from several random
+Minimises the Rao-Blackwellised population loss (:func:`looped_icl.losses.population_loss`)
+over a fixed sample of S = X^T X / n, in float64, with L-BFGS (scipy) from several random
 restarts. Nothing is assumed about the optimum: A (and B) are general matrices, not symmetric or
-isotropic, and the restarts start from random non-symmetric matrices. The reported loss and its
-standard error are re-measured on an independent sample of S.
+isotropic, and the restarts start from random non-symmetric matrices.
+
+A fit on a plain sample of S exploits the absence of the rare large-eigenvalue S that carry the
+mean at L >~ 4, n/d <~ 5 (its fit loss is below the truth; :mod:`looped_icl.estimators`), so
+:func:`solve_population_optimum` works in four independent samples:
+  1. fit every restart on an importance sample from a default defensive proposal;
+  2. choose the proposal for the best restart's parameters from its measured variance (pilot) and
+     re-fit every restart, warm, on a fresh sample from it;
+  3. choose the restart on an independent sample (not the one it was fitted on);
+  4. report the held-out loss on a fourth sample (``solver.test_samples``), with its standard error,
+     tail diagnostics, and the gap between the fit and held-out values.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 
@@ -17,9 +27,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.optimize
+from absl import logging
 from jax.flatten_util import ravel_pytree
 
 from looped_icl import config_lib
+from looped_icl import estimators
 from looped_icl import losses
 from looped_icl import models
 from looped_icl import tasks as tasks_lib
@@ -73,16 +85,21 @@ def _constrain(params: dict, constraint: str) -> dict:
 
 
 def minimize_population_loss(model: models.ModelConfig, task: tasks_lib.TaskDistribution,
-                             s_fit_SxDxD: jax.Array, *, restarts: int = 4, max_iters: int = 500,
-                             restart_seed: int = 0, constraint: str = "general"):
-  """L-BFGS (float64) on the exact population loss over the fixed samples ``s_fit_SxDxD``.
+                             s_fit_SxDxD, *, restarts: int = 4, max_iters: int = 500,
+                             restart_seed: int = 0, constraint: str = "general",
+                             starts: list | None = None):
+  """L-BFGS (float64) on the population loss over the fixed samples ``s_fit_SxDxD`` (an array,
+  or importance-weighted :class:`looped_icl.estimators.WeightedS`).
 
   Call under ``jax.enable_x64(True)`` with a float64 task. ``constraint`` restricts A (and GD++'s
   B): ``general`` (free d x d), ``symmetric`` ((M + M^T)/2 of a free M) or ``isotropic`` (c I;
   for Sigma != I this is the best multiple of the identity, not of Sigma^-1).
 
+  ``starts``: flat starting points (one per restart) instead of random ones (warm restarts).
+
   Returns:
-    (params, runs): the best restart's (constrained) params and scipy's result of every restart.
+    (params, runs): the best restart's (constrained) params and scipy's result of every restart
+    (``runs[r].x`` is restart r's free parameters, ``runs[r].params`` its constrained params).
   """
   validation.choice("constraint", constraint, CONSTRAINTS)
   template = _restart_params(jax.random.key(0), model, task.cov)
@@ -96,19 +113,25 @@ def minimize_population_loss(model: models.ModelConfig, task: tasks_lib.TaskDist
     return float(value), np.asarray(grad, np.float64)
 
   runs = []
-  for r in range(restarts):
-    restart_key = jax.random.fold_in(jax.random.key(restart_seed), r)
-    x0, _ = ravel_pytree(_restart_params(restart_key, model, task.cov))
-    runs.append(scipy.optimize.minimize(fun, np.asarray(x0), jac=True, method="L-BFGS-B",
-                                        options={"maxiter": max_iters, "ftol": 1e-15,
-                                                 "gtol": 1e-10, "maxcor": 30}))
+  for r in range(restarts if starts is None else len(starts)):
+    if starts is None:
+      restart_key = jax.random.fold_in(jax.random.key(restart_seed), r)
+      x0 = np.asarray(ravel_pytree(_restart_params(restart_key, model, task.cov))[0])
+    else:
+      x0 = np.asarray(starts[r], np.float64)
+    res = scipy.optimize.minimize(fun, x0, jac=True, method="L-BFGS-B",
+                                  options={"maxiter": max_iters, "ftol": 1e-15, "gtol": 1e-10,
+                                           "maxcor": 30})
+    res.params = _constrain(unravel(jnp.asarray(res.x)), constraint)
+    runs.append(res)
   best = min(runs, key=lambda res: res.fun)
-  return _constrain(unravel(jnp.asarray(best.x)), constraint), runs
+  return best.params, runs
 
 
 def solve_population_optimum(exp: config_lib.Experiment, key: jax.Array | None = None, *,
                              restart_seed: int = 0, trained_params=None,
-                             constraint: str = "general") -> dict:
+                             constraint: str = "general",
+                             proposal: estimators.Proposal | None = None) -> dict:
   """Minimises the exact population loss; returns the JSON-ready result (see module doc).
 
   Args:
@@ -120,6 +143,11 @@ def solve_population_optimum(exp: config_lib.Experiment, key: jax.Array | None =
       ``trained_model``: loss, difference to the optimum with its standard error, ratio).
     constraint: ``general`` | ``symmetric`` | ``isotropic`` (see
       :func:`minimize_population_loss`).
+    proposal: the law of every sample of S (skips steps 1-2 of the module doc: one fit on
+      ``fold_in(key, 2)``); default: chosen for the problem.
+
+  The samples are drawn from ``fold_in(key, i)``: i = 0 first fit, 1 pilot, 2 fit, 3 restart
+  choice, 4 held out (pilot from ``fold_in(key_4, 0)``, samples ``fold_in(key_4, 1)``).
   """
   model, sc = exp.model, exp.solver
   if model.parametrization not in losses.POPULATION_FAMILIES or model.activation != "linear":
@@ -128,40 +156,77 @@ def solve_population_optimum(exp: config_lib.Experiment, key: jax.Array | None =
   if exp.task.random_cov_kappa is not None:
     raise ValueError("task.random_cov_kappa must be 0 for the solver (one fixed Sigma)")
   key = jax.random.fold_in(jax.random.key(exp.seed), 3) if key is None else key
+  keys = [jax.random.fold_in(key, i) for i in range(5)]
   with jax.enable_x64(True):
     task = _task64(exp.task)
-    s_fit = tasks_lib.sample_empirical_covariance(jax.random.fold_in(key, 0), task, sc.samples)
-    s_test = tasks_lib.sample_empirical_covariance(jax.random.fold_in(key, 1), task, sc.samples)
-    params, runs = minimize_population_loss(model, task, s_fit, restarts=sc.restarts,
-                                            max_iters=sc.max_iters, restart_seed=restart_seed,
-                                            constraint=constraint)
-    best = min(runs, key=lambda res: res.fun)
-    per_sample = np.asarray(losses.population_loss_samples(params, model, task, s_test),
-                            np.float64)[:, -1]
+    solve = functools.partial(minimize_population_loss, model, task, constraint=constraint,
+                              max_iters=sc.max_iters)
+    if proposal is None:
+      # 1. Fit on a default defensive proposal.
+      s_first = estimators.sample(keys[0], task, sc.samples, estimators.default_proposal(task))
+      _, runs = solve(s_first, restarts=sc.restarts, restart_seed=restart_seed)
+      # 2. The proposal for the best restart; re-fit every restart, warm, on a fresh sample.
+      best_first = min(runs, key=lambda res: res.fun).params
+      proposal, _ = losses.choose_proposal(best_first, model, task, keys[1],
+                                           max(10000, sc.samples))
+      s_fit = estimators.sample(keys[2], task, sc.samples, proposal)
+      _, runs = solve(s_fit, starts=[res.x for res in runs])
+    else:
+      s_fit = estimators.sample(keys[2], task, sc.samples, proposal)
+      _, runs = solve(s_fit, restarts=sc.restarts, restart_seed=restart_seed)
+    # 3. Choose the restart on an independent sample.
+    s_select = estimators.sample(keys[3], task, sc.samples, proposal)
+    select = [float(losses.population_loss(res.params, model, task, s_select)) for res in runs]
+    best_index = int(np.argmin(select))
+    params = runs[best_index].params
+    # 4. Held out.
+    held_out, s_test, values_SxL = losses.estimate_population_loss(
+        params, model, task, keys[4], sc.test_samples, proposal=proposal)
+    per_sample = values_SxL[:, -1]
+    fit_estimate = estimators.estimate(
+        np.asarray(losses.population_loss_samples(params, model, task, s_fit))[:, -1], s_fit)
+    gap_stderr = float(np.hypot(fit_estimate["stderr"], held_out["stderr"]))
+    if held_out["warning"]:
+      logging.warning("solver held-out loss %s", estimators.format_estimate(held_out))
+    if held_out["value"] - fit_estimate["value"] > 3 * gap_stderr:
+      logging.warning("solver: the fit loss %.4g is below the held-out loss %.4g by more than 3 "
+                      "standard errors (the fit over-fits its sample; raise solver.samples)",
+                      fit_estimate["value"], held_out["value"])
     a_eff = np.asarray(theory.effective_preconditioners(params, model))
     whitened = np.asarray(theory.whiten_preconditioner(jnp.asarray(a_eff), task.cov))
     result = {
-        "loss": float(per_sample.mean()),
-        "loss_stderr": float(per_sample.std(ddof=1) / np.sqrt(per_sample.shape[0])),
-        "fit_loss": float(best.fun),
+        "loss": held_out["value"],
+        "loss_stderr": held_out["stderr"],
+        "loss_estimate": {k: v for k, v in held_out.items() if k not in ("values", "stderrs")},
+        "fit_loss": fit_estimate["value"],
+        "fit_loss_stderr": fit_estimate["stderr"],
+        "held_out_minus_fit": held_out["value"] - fit_estimate["value"],
+        "held_out_minus_fit_stderr": gap_stderr,
         "restart_losses": [float(res.fun) for res in runs],
+        "restart_selection_losses": select,
+        "restart_chosen": best_index,
         "restart_converged": [bool(res.success) for res in runs],
         "preconditioners": a_eff.tolist(),
         "eigenvalues": np.asarray(theory.eigenvalues_as_pairs(a_eff)).tolist(),
         "dist_to_identity_whitened": np.asarray(theory.dist_to_identity(whitened)).tolist(),
         "params": {k: np.asarray(v).tolist() for k, v in params.items()},
         "samples": sc.samples,
+        "test_samples": sc.test_samples,
+        "proposal_scales": list(proposal.scales),
+        "proposal_weights": list(proposal.weights),
     }
     if trained_params is not None:
       trained = jax.tree.map(lambda x: jnp.asarray(np.asarray(x), jnp.float64), trained_params)
       trained_loss = np.asarray(losses.population_loss_samples(trained, model, task, s_test),
                                 np.float64)[:, -1]
-      diff = trained_loss - per_sample
+      trained_estimate = estimators.estimate(trained_loss, s_test)
+      diff = estimators.estimate(trained_loss - per_sample, s_test)
       result["trained_model"] = {
-          "loss": float(trained_loss.mean()),
-          "loss_minus_optimum": float(diff.mean()),
-          "loss_minus_optimum_stderr": float(diff.std(ddof=1) / np.sqrt(diff.shape[0])),
-          "ratio": float(trained_loss.mean() / per_sample.mean()),
+          "loss": trained_estimate["value"],
+          "loss_stderr": trained_estimate["stderr"],
+          "loss_minus_optimum": diff["value"],
+          "loss_minus_optimum_stderr": diff["stderr"],
+          "ratio": trained_estimate["value"] / held_out["value"],
       }
     if model.parametrization == "gdpp":
       result["b_matrices"] = np.asarray(params["b"]).reshape(-1, model.d, model.d).tolist()

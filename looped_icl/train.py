@@ -35,6 +35,7 @@ from flax import struct
 
 from looped_icl import checkpointing
 from looped_icl import config_lib
+from looped_icl import estimators
 from looped_icl import evaluate
 from looped_icl import losses
 from looped_icl import models
@@ -93,9 +94,13 @@ def make_objective(exp: config_lib.Experiment, layout: sharding.Layout | None = 
     return batch if layout is None else layout.constrain_batch(batch, tc.batch_size)
 
   if tc.objective == "population":
+    proposal = (estimators.default_proposal(exp.task) if tc.population_proposal == "defensive"
+                else estimators.PLAIN)
+
     def objective(params, key, hyper):
-      s = constrain(tasks_lib.sample_empirical_covariance(key, hyper.task, tc.batch_size))
-      return losses.population_loss(params, models.with_eta(model, hyper.eta), hyper.task, s)
+      samples = constrain(estimators.sample(key, hyper.task, tc.batch_size, proposal))
+      return losses.population_loss(params, models.with_eta(model, hyper.eta), hyper.task,
+                                    samples)
   elif tc.forward == "gram":
     def objective(params, key, hyper):
       batch = constrain(tasks_lib.sample_gram(key, hyper.task, tc.batch_size))
