@@ -82,8 +82,29 @@ def make_hyper(exp: config_lib.Experiment) -> Hyper:
                eta=jnp.asarray(exp.model.eta, dtype), task=exp.task)
 
 
+def population_proposal(exp: config_lib.Experiment) -> estimators.Proposal:
+  """The law of the population objective's samples of S (``train.population_proposal``)."""
+  if exp.train.population_proposal == "defensive":
+    return estimators.default_proposal(exp.task)
+  return estimators.PLAIN
+
+
+def population_samples(exp: config_lib.Experiment, key: jax.Array,
+                       task: tasks_lib.TaskDistribution | None = None) -> estimators.WeightedS:
+  """The population objective's ``train.batch_size`` weighted samples of S at ``key``."""
+  return estimators.sample(key, exp.task if task is None else task, exp.train.batch_size,
+                           population_proposal(exp))
+
+
+def _max_share(values_B: jax.Array) -> jax.Array:
+  """The largest single sample's share of a batch's summed loss (a tail diagnostic)."""
+  values_B = jnp.abs(values_B)
+  return jnp.max(values_B) / jnp.maximum(jnp.sum(values_B), jnp.finfo(values_B.dtype).tiny)
+
+
 def make_objective(exp: config_lib.Experiment, layout: sharding.Layout | None = None):
-  """loss(params, key, hyper) for the configured objective, drawing its own data from ``key``.
+  """loss(params, key, hyper) -> (loss, max_share) for the configured objective, drawing its own
+  data from ``key``; max_share is the largest sample's share of the batch's loss.
 
   The task law and eta come from ``hyper`` (traced); the rest of ``exp`` is static. With a
   ``layout``, each step's batch is split over its mesh.
@@ -94,29 +115,30 @@ def make_objective(exp: config_lib.Experiment, layout: sharding.Layout | None = 
     return batch if layout is None else layout.constrain_batch(batch, tc.batch_size)
 
   if tc.objective == "population":
-    proposal = (estimators.default_proposal(exp.task) if tc.population_proposal == "defensive"
-                else estimators.PLAIN)
-
     def objective(params, key, hyper):
-      samples = constrain(estimators.sample(key, hyper.task, tc.batch_size, proposal))
-      return losses.population_loss(params, models.with_eta(model, hyper.eta), hyper.task,
-                                    samples)
-  elif tc.forward == "gram":
-    def objective(params, key, hyper):
-      batch = constrain(tasks_lib.sample_gram(key, hyper.task, tc.batch_size))
-      return losses.mc_loss(params, models.with_eta(model, hyper.eta), batch)
+      samples = constrain(population_samples(exp, key, hyper.task))
+      values_S = losses.population_loss_samples(params, models.with_eta(model, hyper.eta),
+                                                hyper.task, samples)[:, -1]
+      weighted_S = samples.weight * values_S
+      return jnp.mean(weighted_S), _max_share(weighted_S)
   else:
     def objective(params, key, hyper):
-      batch = constrain(tasks_lib.sample_tasks(key, hyper.task, tc.batch_size))
-      return losses.mc_loss(params, models.with_eta(model, hyper.eta), batch, forward="tokens")
+      if tc.forward == "gram":
+        batch = constrain(tasks_lib.sample_gram(key, hyper.task, tc.batch_size))
+      else:
+        batch = constrain(tasks_lib.sample_tasks(key, hyper.task, tc.batch_size))
+      preds = models.predict(params, models.with_eta(model, hyper.eta), batch, forward=tc.forward)
+      sq_err_B = (preds - batch.y_query) ** 2
+      return jnp.mean(sq_err_B), _max_share(sq_err_B)
   return objective
 
 
 def make_chunk_fn(exp: config_lib.Experiment, layout: sharding.Layout | None = None):
   """The pure (un-jitted) ``chunk(params, opt_state, hyper, steps_K) -> (params, opt_state,
-  losses_K, grad_norms_K)``: ``len(steps_K)`` training steps in one lax.scan.
+  losses_K, grad_norms_K, shares_K)``: ``len(steps_K)`` training steps in one lax.scan.
 
-  ``grad_norms_K`` are the global norms of the raw (unclipped) gradients of each step. The
+  ``grad_norms_K`` are the global norms of the raw (unclipped) gradients of each step,
+  ``shares_K`` the largest sample's share of each step's batch loss. The
   update is -hyper.learning_rate * direction (see :func:`optim.make_direction`).
   """
   objective = make_objective(exp, layout)
@@ -129,14 +151,14 @@ def make_chunk_fn(exp: config_lib.Experiment, layout: sharding.Layout | None = N
     def train_step(carry, step):
       params, opt_state = carry
       key = step_data_key(data_key, step, resample_every)
-      loss, grads = jax.value_and_grad(objective)(params, key, hyper)
+      (loss, share), grads = jax.value_and_grad(objective, has_aux=True)(params, key, hyper)
       updates, opt_state = direction.update(grads, opt_state, params)
       params = jax.tree.map(lambda p, u: p - hyper.learning_rate * u, params, updates)
-      return (params, opt_state), (loss, optax.tree.norm(grads))
+      return (params, opt_state), (loss, optax.tree.norm(grads), share)
 
-    (params, opt_state), (losses_K, grad_norms_K) = jax.lax.scan(
+    (params, opt_state), (losses_K, grad_norms_K, shares_K) = jax.lax.scan(
         train_step, (params, opt_state), steps_K)
-    return params, opt_state, losses_K, grad_norms_K
+    return params, opt_state, losses_K, grad_norms_K, shares_K
 
   return chunk
 
@@ -155,7 +177,7 @@ def make_train_chunk(exp: config_lib.Experiment, layout: sharding.Layout | None 
     chunk = jax.vmap(chunk, in_axes=(0, 0, 0, None))
   state, rep = layout.state(), layout.replicated()
   return jax.jit(chunk, donate_argnums=(0, 1), in_shardings=(state, state, state, rep),
-                 out_shardings=(state, state, state, state))
+                 out_shardings=(state, state, state, state, state))
 
 
 def make_alignment_metrics(exp: config_lib.Experiment):
@@ -185,6 +207,21 @@ def _all_finite(tree) -> bool:
 def _format_eta(seconds: float) -> str:
   seconds = int(round(seconds))
   return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _format_loss(row: dict) -> str:
+  """'0.0834+-0.0012 (max share 0.3%)': the chunk's mean loss, the standard error of that mean
+  over its steps, and the largest single sample's share of a step's batch loss."""
+  return (f"{row['loss']:.4g}+-{row['loss_stderr']:.2g} (max share "
+          f"{100 * row['max_share']:.2g}%)")
+
+
+def _tail_warning(rows: list[dict]) -> str:
+  worst = max(row["max_share"] for row in rows)
+  if worst <= estimators.MAX_SHARE:
+    return ""
+  return (f"  WARNING: one sample carried {100 * worst:.0f}% of a step's batch loss (heavy tail: "
+          f"raise train.batch_size; population objective: train.population_proposal=defensive)")
 
 
 def read_metrics(workdir: str, up_to_step: int | None = None) -> list[dict]:
@@ -308,9 +345,10 @@ def train_runs(exps: list[config_lib.Experiment], workdirs: list[str], *, mesh=N
     while step < tc.steps and not all(diverged):
       length = min(tc.log_every - step % tc.log_every, tc.steps - step)
       t0 = time.perf_counter()
-      params, opt_state, losses_K, grad_norms_K = chunk(
+      params, opt_state, losses_K, grad_norms_K, shares_K = chunk(
           state["params"], state["opt_state"], hyper, jnp.arange(step, step + length))
       losses_RxK = np.asarray(losses_K).reshape(num, length)
+      shares_R = np.asarray(shares_K).reshape(num, length).max(axis=1)
       grad_norms_R = np.asarray(grad_norms_K).reshape(num, length)[:, -1]
       state = {"params": params, "opt_state": opt_state}
       run_params = unstack(params, num) if vmap else [params]
@@ -323,6 +361,9 @@ def train_runs(exps: list[config_lib.Experiment], workdirs: list[str], *, mesh=N
           logging.error("%s", diverged[r])
           continue
         row = {"step": step + length, "loss": float(np.mean(losses_RxK[r])),
+               "loss_stderr": (float(np.std(losses_RxK[r], ddof=1) / np.sqrt(length))
+                               if length > 1 else float("nan")),
+               "max_share": float(shares_R[r]),
                "last_loss": float(losses_RxK[r, -1]), "grad_norm": float(grad_norms_R[r]),
                "learning_rate": float(schedules[r](step + length - 1)),
                "steps_per_s": steps_per_s, "wall_time_s": time.perf_counter() - t_start}
@@ -336,10 +377,11 @@ def train_runs(exps: list[config_lib.Experiment], workdirs: list[str], *, mesh=N
       step += length
       live = [r for r in range(num) if not diverged[r]]
       if live:
-        logging.info("step %d/%d  loss %s  %.1f steps/s  ETA %s", step, tc.steps,
-                     " ".join(f"{histories[r][-1]['loss']:.4g}" for r in live[:8])
+        logging.info("step %d/%d  loss %s  %.1f steps/s  ETA %s%s", step, tc.steps,
+                     " ".join(_format_loss(histories[r][-1]) for r in live[:8])
                      + (" ..." if len(live) > 8 else ""),
-                     steps_per_s, _format_eta((tc.steps - step) / max(steps_per_s, 1e-9)))
+                     steps_per_s, _format_eta((tc.steps - step) / max(steps_per_s, 1e-9)),
+                     _tail_warning([histories[r][-1] for r in live]))
       if step % tc.checkpoint_every == 0 or step == tc.steps:
         run_states = unstack(state, num) if vmap else [state]
         for r in live:

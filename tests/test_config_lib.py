@@ -71,7 +71,9 @@ BAD_FIELDS = [
     ("train.keep_checkpoints", 0, "train.keep_checkpoints"),
     ("train.eval_tasks", 0, "train.eval_tasks"),
     ("train.eval_population_samples", 0, "train.eval_population_samples"),
+    ("train.population_proposal", "inflated", "train.population_proposal"),
     ("solver.samples", 0, "solver.samples"),
+    ("solver.test_samples", 0, "solver.test_samples"),
     ("solver.restarts", 0, "solver.restarts"),
     ("solver.max_iters", 0, "solver.max_iters"),
 ]

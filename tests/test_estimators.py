@@ -174,3 +174,22 @@ def test_chosen_proposal_cuts_the_variance_twentyfold_at_l6(x64):
   assert plain_var / (report["stderr"]**2 * 100_000) >= 20
   assert report["variance_reduction"] >= 20   # the pilot's own measurement
   assert not report["proposal"].startswith("1.00*")
+
+
+def test_standard_errors_are_calibrated_over_seeds(x64):
+  """d = 4, n = 20, L = 6 at c = 0.66, the chosen proposal, 100 seeds of 20k samples: |z| <= 2
+  for >= 85% of them. If the true coverage were 95%, fewer than 85 of 100 would happen with
+  probability 3e-4 (binomial); a coverage of 85% or less fails with probability >= 0.5.
+  Measured: 94% (plain sampling on the same budget: 58% of 60 seeds, mean z -2.0)."""
+  n, num_layers, c = 20, 6, 0.66
+  task = tasks.make_task(np.eye(D), n)
+  cfg, params = constructions.preconditioned_gd(c * np.eye(D), num_layers, kind="looped")
+  proposal, _ = losses.choose_proposal(params, cfg, task, jax.random.key(11), 20000)
+  exact = float(wishart.isotropic_losses([c] * num_layers, n, D)[-1])
+  f = jax.jit(lambda s: losses.population_loss_samples(params, cfg, task, s)[:, -1])
+  z = []
+  for seed in range(100):
+    samples = estimators.sample(jax.random.key(5000 + seed), task, 20000, proposal)
+    est = estimators.estimate(f(samples.s), samples)
+    z.append((est["value"] - exact) / est["stderr"])
+  assert np.mean(np.abs(z) <= 2) >= 0.85

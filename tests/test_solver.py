@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from looped_icl import config_lib
+from looped_icl import estimators
+from looped_icl import losses
 from looped_icl import solver
-from looped_icl import tasks
 from looped_icl import theory
 
 
@@ -25,6 +26,20 @@ def _single_layer_experiment(samples: int):
   return config_lib.from_config(config)
 
 
+def _fit_statistics(exp, key, result):
+  """(S_bar, K) of the solver's weighted fit sample (fold_in(key, 2) from its proposal):
+  S_bar = mean(w S), K = mean(w S S) + sigma^2 / n S_bar."""
+  proposal = estimators.Proposal(tuple(result["proposal_scales"]),
+                                 tuple(result["proposal_weights"]))
+  with jax.enable_x64(True):
+    task = solver._task64(exp.task)  # pylint: disable=protected-access
+    fit = estimators.sample(jax.random.fold_in(key, 2), task, exp.solver.samples, proposal)
+  s, w = np.asarray(fit.s), np.asarray(fit.weight)
+  s_bar = np.einsum("s,sij->ij", w, s) / s.shape[0]
+  k = np.einsum("s,sij,sjk->ik", w, s, s) / s.shape[0] + 0.5**2 / exp.task.n * s_bar
+  return s_bar, k
+
+
 @pytest.fixture(scope="module")
 def single_layer():
   exp = _single_layer_experiment(samples=40000)
@@ -36,12 +51,7 @@ def test_solver_equals_exact_sample_minimiser(single_layer):
   """At L = 1 the sample objective is quadratic in A with minimiser K^-1 S_bar Sigma_w,
   K = mean(S Sigma_w S) + sigma^2/n S_bar (Sigma_w = I here); the solver must find it."""
   exp, key, result = single_layer
-  with jax.enable_x64(True):
-    task = solver._task64(exp.task)  # pylint: disable=protected-access
-    s = np.asarray(tasks.sample_empirical_covariance(jax.random.fold_in(key, 0), task,
-                                                     exp.solver.samples))
-  s_bar = s.mean(0)
-  k = np.einsum("sij,sjk->ik", s, s) / s.shape[0] + 0.5**2 / exp.task.n * s_bar
+  s_bar, k = _fit_statistics(exp, key, result)
   a_hat = np.linalg.solve(k, s_bar)
   a = np.asarray(result["preconditioners"][0])
   np.testing.assert_allclose(a, a_hat, rtol=0, atol=1e-6 * np.abs(a_hat).max())
@@ -88,14 +98,10 @@ def constrained_single_layer():
   """Single-layer optima under each constraint, and the fit samples' statistics (S_bar, K)."""
   exp = _single_layer_experiment(samples=4000)
   key = jax.random.key(11)
-  results = {c: solver.solve_population_optimum(exp, key, constraint=c)
+  proposal = estimators.defensive(1.4)   # one fit sample for every constraint
+  results = {c: solver.solve_population_optimum(exp, key, constraint=c, proposal=proposal)
              for c in solver.CONSTRAINTS}
-  with jax.enable_x64(True):
-    task = solver._task64(exp.task)  # pylint: disable=protected-access
-    s = np.asarray(tasks.sample_empirical_covariance(jax.random.fold_in(key, 0), task,
-                                                     exp.solver.samples))
-  s_bar = s.mean(0)
-  k = np.einsum("sij,sjk->ik", s, s) / s.shape[0] + 0.5**2 / exp.task.n * s_bar
+  s_bar, k = _fit_statistics(exp, key, results["general"])
   return exp, results, s_bar, k
 
 
@@ -137,3 +143,19 @@ def test_constraints_only_cost_loss(constrained_single_layer):
   assert fit["symmetric"] <= fit["isotropic"] * (1 + 1e-9)
   with pytest.raises(ValueError, match="^constraint must be one of"):
     solver.solve_population_optimum(_single_layer_experiment(100), constraint="diagonal")
+
+
+def test_held_out_loss_agrees_with_an_independent_estimate(single_layer):
+  """The reported held-out loss and standard error against a fresh 200k-sample estimate of the
+  same parameters (3 standard errors of the difference); the fit/held-out gap is reported."""
+  exp, _, result = single_layer
+  params = {k: np.asarray(v) for k, v in result["params"].items()}
+  with jax.enable_x64(True):
+    task = solver._task64(exp.task)  # pylint: disable=protected-access
+    report, _, _ = losses.estimate_population_loss(params, exp.model, task, jax.random.key(99),
+                                                   200_000)
+  diff = result["loss"] - report["value"]
+  assert abs(diff) < 3 * np.hypot(result["loss_stderr"], report["stderr"])
+  assert result["loss_estimate"]["trusted"]
+  assert result["held_out_minus_fit"] == pytest.approx(result["loss"] - result["fit_loss"])
+  assert 0 < result["held_out_minus_fit_stderr"] < 0.05 * result["loss"]

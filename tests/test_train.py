@@ -79,7 +79,8 @@ def test_workdir_contract(tmp_path):
 
 def test_logged_grad_norm_is_the_raw_gradient_norm_of_the_step(tmp_path):
   """Gradient-flow mode has a fixed objective: the first logged grad_norm (log_every=1) must be
-  ||grad f(params_0)|| on the training sample of S, recomputed here from the documented keys."""
+  ||grad f(params_0)|| on the training sample of S (importance-weighted), recomputed here from
+  the documented keys."""
   config = config_lib.load("gatmiry_looped:quick")
   config.train.steps = 2
   config.train.log_every = 1
@@ -88,8 +89,7 @@ def test_logged_grad_norm_is_the_raw_gradient_norm_of_the_step(tmp_path):
   exp = config_lib.from_config(config)
   _, history = train.train(exp, str(tmp_path))
   keys = train.root_keys(exp.seed)
-  s = tasks.sample_empirical_covariance(
-      train.step_data_key(keys["data"], jax.numpy.asarray(0), 0), exp.task, 256)
+  s = train.population_samples(exp, train.step_data_key(keys["data"], jax.numpy.asarray(0), 0))
   params0 = models.init_params(keys["init"], exp.model)
   grads = jax.grad(losses.population_loss)(params0, exp.model, exp.task, s)
   expected = np.sqrt(sum(float(np.sum(np.asarray(g, np.float64)**2))

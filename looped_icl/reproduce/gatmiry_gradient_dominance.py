@@ -54,10 +54,10 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from looped_icl import config_lib
+from looped_icl import estimators
 from looped_icl import losses
 from looped_icl import models
 from looped_icl import solver
-from looped_icl import tasks as tasks_lib
 from looped_icl import train
 from looped_icl.reproduce import common
 
@@ -163,12 +163,13 @@ def _objective_optimum(exp: config_lib.Experiment, *, restarts: int, hessian: bo
   resamples), then cast to float64.
   """
   data_key = train.step_data_key(train.root_keys(exp.seed)["data"], 0, 0)
-  s_SxDxD = np.asarray(tasks_lib.sample_empirical_covariance(data_key, exp.task,
-                                                             exp.train.batch_size), np.float64)
+  samples = jax.tree.map(np.asarray, train.population_samples(exp, data_key))
   init = models.init_params(train.root_keys(exp.seed)["init"], exp.model)
   with jax.enable_x64(True):
     task = solver._task64(exp.task)  # pylint: disable=protected-access
-    s_SxDxD = jnp.asarray(s_SxDxD)
+    s_SxDxD = estimators.WeightedS(s=jnp.asarray(samples.s, jnp.float64),
+                                   weight=jnp.asarray(samples.weight, jnp.float64),
+                                   component=jnp.asarray(samples.component))
     params, runs = solver.minimize_population_loss(exp.model, task, s_SxDxD, restarts=restarts,
                                                    max_iters=1000)
     init64 = jax.tree.map(lambda x: jnp.asarray(np.asarray(x), jnp.float64), init)
