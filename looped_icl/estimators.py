@@ -22,7 +22,7 @@ every candidate proposal would have for the given f (E_q[(w_q f)^2] = E_pilot[w_
 takes the smallest; the estimate itself is then made on fresh samples, so the choice adds no bias.
 
 **Diagnostics** (:func:`estimate`): standard error, effective sample size (sum w f)^2 / sum (w f)^2,
-the largest single sample's share of sum w f, the spread of 20 interleaved chunk means, and the
+the largest single sample's share of sum w f, the spread of 20 contiguous chunk means, and the
 Pareto tail index k of the largest w f (Zhang and Stephens 2009, as in PSIS: Vehtari et al.,
 JMLR 2024). k < 0.5: finite variance, the standard error can be trusted; above
 min(1 - 1 / log10 N, 0.7) the estimate is flagged (``trusted`` false, ``warning`` set).
@@ -229,7 +229,9 @@ def estimate(values_S, weighted: WeightedS | None = None) -> dict:
   value = float(y_S.mean())
   stderr = _stratified_stderr(y_S, component_S)
   abs_y = np.abs(y_S)
-  chunk_means = np.array([y_S[i::NUM_CHUNKS].mean() for i in range(NUM_CHUNKS)])
+  # Contiguous chunks: the allocation interleaves the components, so each holds the mixture's
+  # proportions (a strided chunk could hold one component only).
+  chunk_means = np.array([c.mean() for c in np.array_split(y_S, NUM_CHUNKS)])
   out = {
       "value": value,
       "stderr": stderr,
@@ -249,6 +251,29 @@ def estimate(values_S, weighted: WeightedS | None = None) -> dict:
   out["warning"] = ("heavy tail, the standard error is not reliable: " + "; ".join(problems)
                     if problems else "")
   return out
+
+
+def paired_ratio(num_S, den_S, weighted: WeightedS | None = None) -> tuple[float, float]:
+  """mean(w num) / mean(w den) of two losses on the same samples, and its delta-method standard
+  error (stratified like :func:`estimate`; plain samples when ``weighted`` is None)."""
+  num_S, den_S = np.asarray(num_S, np.float64), np.asarray(den_S, np.float64)
+  num = num_S.shape[0]
+  weight_S = np.ones(num) if weighted is None else np.asarray(weighted.weight, np.float64)
+  component_S = np.zeros(num, int) if weighted is None else np.asarray(weighted.component)
+  mean_num, mean_den = np.mean(weight_S * num_S), np.mean(weight_S * den_S)
+  ratio = mean_num / mean_den
+  resid_S = weight_S * (num_S / mean_num - den_S / mean_den)
+  return float(ratio), float(ratio * _stratified_stderr(resid_S, component_S))
+
+
+def weighted_quantile(values_S, q: float, weighted: WeightedS | None = None) -> float:
+  """The q-quantile of f under p from weighted samples (the plain quantile when unweighted)."""
+  f_S = np.asarray(values_S, np.float64)
+  if weighted is None:
+    return float(np.quantile(f_S, q))
+  order = np.argsort(f_S)
+  cum = np.cumsum(np.asarray(weighted.weight, np.float64)[order])
+  return float(f_S[order][min(np.searchsorted(cum, q * cum[-1]), f_S.shape[0] - 1)])
 
 
 def format_estimate(est: dict) -> str:

@@ -46,6 +46,8 @@ VMAPPABLE = ("seed", "train.learning_rate", "model.eta", "task.noise_std", "task
              "task.spectrum", "task.kappa", "task.rho", "task.alpha", "task.cov_seed")
 SUMMARY_METRICS = ("final_eval_loss", "final_eval_loss_stderr", "population_loss",
                    "population_loss_stderr", "train_wall_time_s")
+# Tail diagnostics of the population loss (looped_icl/estimators.py), columns population_loss_*.
+ESTIMATE_METRICS = ("ess", "max_share", "tail_index", "trusted")
 
 
 def axis(field: str, values: Iterable) -> list[dict]:
@@ -201,6 +203,8 @@ def _row(point: dict) -> dict:
               for k, v in point["overrides"].items()})
   row["status"] = summary.get("status", "done")
   row.update({k: summary.get(k, float("nan")) for k in SUMMARY_METRICS})
+  estimate = summary.get("population_loss_estimate", {})
+  row.update({f"population_loss_{k}": estimate.get(k, float("nan")) for k in ESTIMATE_METRICS})
   history = train.read_metrics(point["workdir"])
   row["final_train_loss"] = history[-1]["loss"] if history else float("nan")
   row["steps"] = history[-1]["step"] if history else 0

@@ -13,7 +13,6 @@ from looped_icl import checkpointing
 from looped_icl import config_lib
 from looped_icl import losses
 from looped_icl import models
-from looped_icl import tasks
 from looped_icl import theory
 from looped_icl import train
 

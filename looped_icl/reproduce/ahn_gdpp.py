@@ -49,8 +49,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.optimize
+from flax import struct
 
 from looped_icl import config_lib
+from looped_icl import estimators
 from looped_icl import losses
 from looped_icl import models
 from looped_icl import solver
@@ -108,12 +110,27 @@ def _chunks(key, num: int):
           for i, start in enumerate(range(0, num, EVAL_CHUNK))]
 
 
-def sample_eigenvalues(key, task, num: int) -> jax.Array:
-  """Eigenvalues (num, d) of num samples of S (float64 under enable_x64; NumPy's batched eigh is
-  faster on CPU than jnp's for many 5 x 5 matrices)."""
-  return jnp.asarray(np.concatenate([
-      np.linalg.eigvalsh(np.asarray(tasks_lib.sample_empirical_covariance(k, task, size)))
-      for k, size in _chunks(key, num)]))
+@struct.dataclass
+class EigenSample:
+  """Eigenvalues (S, d) of importance-weighted samples of S, their weights and mixture
+  components (:class:`looped_icl.estimators.WeightedS` without the matrices)."""
+  eigs: jax.Array
+  weight: jax.Array
+  component: jax.Array
+
+
+def _proposal(task) -> estimators.Proposal:
+  return estimators.default_proposal(task)
+
+
+def sample_eigenvalues(key, task, num: int) -> EigenSample:
+  """Eigenvalues of num weighted samples of S from the defensive proposal (float64 under
+  enable_x64; NumPy's batched eigh is faster on CPU than jnp's for many 5 x 5 matrices)."""
+  parts = [estimators.sample(k, task, size, _proposal(task)) for k, size in _chunks(key, num)]
+  return EigenSample(
+      eigs=jnp.asarray(np.concatenate([np.linalg.eigvalsh(np.asarray(p.s)) for p in parts])),
+      weight=jnp.concatenate([p.weight for p in parts]),
+      component=jnp.concatenate([p.component for p in parts]))
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
@@ -124,25 +141,30 @@ def _last_layer_losses(params, model, task, s_SxDxD):
 def library_losses(params, model: models.ModelConfig, task, key, num: int) -> np.ndarray:
   """The library's exact per-sample loss on the same num samples of S as sample_eigenvalues."""
   return np.concatenate([np.asarray(_last_layer_losses(
-      params, model, task, tasks_lib.sample_empirical_covariance(k, task, size)))
+      params, model, task, estimators.sample(k, task, size, _proposal(task)).s))
                          for k, size in _chunks(key, num)])
 
 
-def loss_stats(per_sample: np.ndarray) -> dict:
-  return {"mean": float(per_sample.mean()),
-          "stderr": float(per_sample.std(ddof=1) / np.sqrt(per_sample.size)),
-          "median": float(np.median(per_sample)),
-          "q99": float(np.quantile(per_sample, 0.99)), "max": float(per_sample.max())}
+def loss_stats(per_sample: np.ndarray, sample: EigenSample) -> dict:
+  """Weighted mean (+- stderr, tail diagnostics), median, 99th percentile and max under p."""
+  est = estimators.estimate(per_sample, sample)
+  return {"mean": est["value"], "stderr": est["stderr"], "tail_index": est["tail_index"],
+          "max_share": est["max_share"], "trusted": est["trusted"],
+          "median": estimators.weighted_quantile(per_sample, 0.5, sample),
+          "q99": estimators.weighted_quantile(per_sample, 0.99, sample),
+          "max": float(per_sample.max())}
 
 
-def _newton_minimize(eigs_SxD, num_layers: int, max_iters: int):
-  """x0 -> (theta, fit loss): trust-region Newton (exact Hessian of the 2L - 1 scales) on eigs.
+def _newton_minimize(sample: EigenSample, num_layers: int, max_iters: int):
+  """x0 -> (theta, fit loss): trust-region Newton (exact Hessian of the 2L - 1 scales) on the
+  weighted mean over the sample.
 
   Exact second-order steps are cheap here and, unlike L-BFGS, do not stall in this loss's narrow
   curved valleys (scipy's L-BFGS-B also pays a BLAS-thread overhead per iteration).
   """
   def mean_loss(theta):
-    return jnp.mean(isotropic_loss_samples(theta[:num_layers], theta[num_layers:], eigs_SxD))
+    return jnp.mean(sample.weight * isotropic_loss_samples(theta[:num_layers], theta[num_layers:],
+                                                           sample.eigs))
 
   value_and_grad = jax.jit(jax.value_and_grad(mean_loss))
   hessian = jax.jit(jax.hessian(mean_loss))
@@ -197,14 +219,15 @@ def _scales(m_LxDxD) -> np.ndarray:
   return np.trace(m, axis1=-2, axis2=-1) / m.shape[-1]
 
 
-def _ccdf(per_sample: np.ndarray, points: int = 400):
-  """(x, P(loss > x)) at log-spaced ranks, for a log-log tail plot."""
-  x = np.sort(per_sample)
+def _ccdf(per_sample: np.ndarray, weight_S: np.ndarray, points: int = 400):
+  """(x, P(loss > x)) under p (importance weights) at log-spaced ranks, for a log-log plot."""
+  order = np.argsort(per_sample)[::-1]
+  x, tail = per_sample[order], np.cumsum(np.asarray(weight_S, np.float64)[order])
   ranks = np.unique(np.geomspace(1, x.size, points).astype(int))
-  return x[x.size - ranks], ranks / x.size
+  return x[ranks - 1], tail[ranks - 1] / tail[-1]
 
 
-def figure(ctx, history, b_rows: dict, stats: dict, per_sample: dict) -> str:
+def figure(ctx, history, b_rows: dict, stats: dict, per_sample: dict, weight_S) -> str:
   layers = list(range(len(next(iter(b_rows.values())))))
   steps = [h["step"] for h in history]
   styles = {"trained": "o-", "optimum": "s-", "trained-branch minimum": "^-", "paper": "x--"}
@@ -218,7 +241,8 @@ def figure(ctx, history, b_rows: dict, stats: dict, per_sample: dict) -> str:
                    hlines={"optimum (held-out mean)": stats["optimum"]["mean"],
                            "trained (held-out median)": stats["trained"]["median"],
                            "3-step GD (held-out mean)": stats["gd"]["mean"]}),
-      common.Panel([common.Series(name, *_ccdf(v), "-") for name, v in per_sample.items()],
+      common.Panel([common.Series(name, *_ccdf(v, weight_S), "-")
+                    for name, v in per_sample.items()],
                    "per-task loss (exact over w*, x_q) of one S", "P(loss > x)", logx=True,
                    logy=True, title="held-out tail of the loss"),
   ], suptitle="Ahn et al. §5 GD++: L=3, d=5, n=10, Sigma=I")
@@ -238,7 +262,7 @@ def run(ctx: common.Context) -> dict:
   with jax.enable_x64(True):
     task = solver._task64(exp.task)  # pylint: disable=protected-access
     eigs_fit = sample_eigenvalues(jax.random.fold_in(key, 0), task, num_fit)
-    eigs_search = eigs_fit[:num_search]
+    eigs_search = jax.tree.map(lambda x: x[:num_search], eigs_fit)
     rng = np.random.default_rng(exp.seed)
     trained_start = np.concatenate([trained_a, trained_b[:-1]])
     starts = [trained_start] + [
@@ -249,11 +273,12 @@ def run(ctx: common.Context) -> dict:
     eigs_held = sample_eigenvalues(held_key, task, num_held)
 
     def isotropic_held(a_L, b_L):
-      return np.asarray(isotropic_loss_samples(jnp.asarray(a_L), jnp.asarray(b_L), eigs_held))
+      return np.asarray(isotropic_loss_samples(jnp.asarray(a_L), jnp.asarray(b_L),
+                                               eigs_held.eigs))
 
     for m in minima:
       m["per_sample"] = isotropic_held(m["theta"][:num_layers], m["theta"][num_layers:])
-      m["held_out"] = loss_stats(m["per_sample"])
+      m["held_out"] = loss_stats(m["per_sample"], eigs_held)
     best = min(minima, key=lambda m: m["held_out"]["mean"])
     # The minimum that the trained model's scales (start 0) polish to.
     trained_branch = next(m for m in minima if 0 in m["starts"])
@@ -269,9 +294,9 @@ def run(ctx: common.Context) -> dict:
     gd_eta = summary["baselines"]["gd_eta"]
     # 3-step GD with step eta is isotropic GD++ with a_l = eta, b_l = 0.
     per_sample["3-step GD"] = isotropic_held([gd_eta] * num_layers, [0.0] * (num_layers - 1))
-  stats = {"trained": loss_stats(per_sample["trained"]), "optimum": best["held_out"],
+  stats = {"trained": loss_stats(per_sample["trained"], eigs_held), "optimum": best["held_out"],
            "trained_branch": trained_branch["held_out"],
-           "gd": loss_stats(per_sample["3-step GD"])}
+           "gd": loss_stats(per_sample["3-step GD"], eigs_held)}
 
   def row(name, a, b, held_out, fit=float("nan")):
     out = {"model": name, "fit_loss": fit}
@@ -304,7 +329,7 @@ def run(ctx: common.Context) -> dict:
        "trained_branch_a": trained_branch["theta"][l]} for l in range(num_layers)])
   b_rows = {"trained": trained_b[:-1], "optimum": best["theta"][num_layers:],
             "trained-branch minimum": trained_branch["theta"][num_layers:], "paper": PAPER_B}
-  figure(ctx, history, b_rows, stats, per_sample)
+  figure(ctx, history, b_rows, stats, per_sample, np.asarray(eigs_held.weight))
   return {
       "paper_b": list(PAPER_B),
       "trained_b": trained_b, "trained_dist_b": b_dist,

@@ -53,9 +53,9 @@ import numpy as np
 from looped_icl import baselines
 from looped_icl import config_lib
 from looped_icl import constructions
+from looped_icl import estimators
 from looped_icl import evaluate
 from looped_icl import losses
-from looped_icl import tasks as tasks_lib
 from looped_icl import theory
 from looped_icl.reproduce import common
 
@@ -184,41 +184,51 @@ def _per_loop(params, model, task, s_SxDxD) -> np.ndarray:
   return np.where(np.isfinite(per_SxK), per_SxK, np.inf)  # float32 overflow: a diverged prompt
 
 
-def _loop_rows(setting: str, model_name: str, per_SxK: np.ndarray) -> list[dict]:
-  mean_K = per_SxK.mean(axis=0)
-  with np.errstate(invalid="ignore"):  # inf (overflowed) prompts: stderr nan, mean inf
-    stderr_K = per_SxK.std(axis=0, ddof=1) / np.sqrt(per_SxK.shape[0])
-  median_K = np.median(per_SxK, axis=0)
-  return [{"setting": setting, "model": model_name, "loops": k + 1, "mean": mean_K[k],
-           "stderr": stderr_K[k], "median": median_K[k]} for k in range(per_SxK.shape[1])]
+def _loop_rows(setting: str, model_name: str, per_SxK: np.ndarray, samples) -> list[dict]:
+  rows = []
+  for k in range(per_SxK.shape[1]):
+    finite = bool(np.all(np.isfinite(per_SxK[:, k])))
+    est = estimators.estimate(per_SxK[:, k], samples) if finite else None
+    rows.append({"setting": setting, "model": model_name, "loops": k + 1,
+                 "mean": est["value"] if finite else np.inf,   # inf: an overflowed prompt
+                 "stderr": est["stderr"] if finite else np.nan,
+                 "tail_index": est["tail_index"] if finite else np.nan,
+                 "median": estimators.weighted_quantile(per_SxK[:, k], 0.5, samples)})
+  return rows
 
 
-def _extrapolation_summary(per_SxK: np.ndarray, trained_loops: int) -> dict:
+def _extrapolation_summary(per_SxK: np.ndarray, trained_loops: int, samples) -> dict:
   """Where the mean loss over loops stops decreasing, the loss there and at MAX_LOOPS, and the
   standard error of the paired gain (loss at the trained loops minus loss at the best)."""
-  mean_K, median_K = per_SxK.mean(axis=0), np.median(per_SxK, axis=0)
+  weight_S = np.asarray(samples.weight, np.float64)
+  with np.errstate(invalid="ignore"):  # inf (overflowed) prompts: mean inf
+    mean_K = np.mean(weight_S[:, None] * per_SxK, axis=0)
+  median_K = np.array([estimators.weighted_quantile(v, 0.5, samples) for v in per_SxK.T])
   best = int(np.argmin(mean_K))
   with np.errstate(invalid="ignore"):  # inf - inf after overflow: not decreasing
     decreasing, median_decreasing = np.all(np.diff(mean_K) < 0), np.all(np.diff(median_K) < 0)
-  gain_S = per_SxK[:, trained_loops - 1] - per_SxK[:, best]   # paired: same prompts
+    gain_S = per_SxK[:, trained_loops - 1] - per_SxK[:, best]   # paired: same prompts
+  gain_stderr = (estimators.estimate(gain_S, samples)["stderr"] if np.all(np.isfinite(gain_S))
+                 else np.nan)
   return {"best_loops": best + 1, "best_loss": mean_K[best],
           "loss_at_trained_loops": mean_K[trained_loops - 1], "loss_at_max_loops": mean_K[-1],
-          "gain_stderr": float(gain_S.std(ddof=1) / np.sqrt(gain_S.shape[0])),
+          "gain_stderr": gain_stderr,
           "median_at_trained_loops": median_K[trained_loops - 1],
           "median_at_max_loops": median_K[-1],
           "keeps_decreasing": bool(decreasing), "median_keeps_decreasing": bool(median_decreasing)}
 
 
-def _gd_own_step(setting: str, task, s_SxDxD, steps) -> tuple[list[dict], dict]:
-  """k-step GD with the step minimising its loss on ``s_SxDxD`` (exact line search), each k."""
+def _gd_own_step(setting: str, task, samples, steps) -> tuple[list[dict], dict]:
+  """k-step GD with the step minimising its loss on ``samples`` (exact line search), each k."""
   gd_cfg, gd_params = constructions.gd(task.d, 1, eta=1.0)
   rows = []
   for k in steps:
-    eta, _ = baselines.best_gd_eta(task, k, s_SxDxD)
-    per_S = _per_loop({"a": eta * gd_params["a"]}, gd_cfg, task, s_SxDxD)[:, k - 1]
-    rows.append({"setting": setting, "model": "gd_own_step", "loops": k, "mean": per_S.mean(),
-                 "stderr": per_S.std(ddof=1) / np.sqrt(per_S.shape[0]),
-                 "median": np.median(per_S), "eta": eta})
+    eta, _ = baselines.best_gd_eta(task, k, samples)
+    per_S = _per_loop({"a": eta * gd_params["a"]}, gd_cfg, task, samples)[:, k - 1]
+    est = estimators.estimate(per_S, samples)
+    rows.append({"setting": setting, "model": "gd_own_step", "loops": k, "mean": est["value"],
+                 "stderr": est["stderr"], "tail_index": est["tail_index"],
+                 "median": estimators.weighted_quantile(per_S, 0.5, samples), "eta": eta})
   means = np.asarray([r["mean"] for r in rows])
   return rows, {"steps": list(steps), "loss": means.tolist(), "eta": [r["eta"] for r in rows],
                 "keeps_decreasing": bool(np.all(np.diff(means) < 0))}
@@ -247,16 +257,21 @@ def _extrapolation(ctx: common.Context, models_by_l: dict, large_n: tuple) -> tu
     config.task.update(overrides)
     exp = config_lib.from_config(config)
     key = jax.random.fold_in(jax.random.key(exp.seed), 100 + index)
-    s_SxDxD = tasks_lib.sample_empirical_covariance(key, exp.task, num_samples)
+    # One (defensive) proposal for every model and loop count of the setting: paired.
+    samples = estimators.sample(key, exp.task, num_samples,
+                                estimators.default_proposal(exp.task))
+    weight_S = np.asarray(samples.weight, np.float64)
     summary[setting] = {}
     for name, num_loops, model, params in models:
-      per_SxK = _per_loop(params, model, exp.task, s_SxDxD)
-      radius_S = np.asarray(_spectral_radius(jnp.asarray(params["a"], s_SxDxD.dtype), s_SxDxD))
-      rows.extend(_loop_rows(setting, name, per_SxK))
-      summary[setting][name] = dict(_extrapolation_summary(per_SxK, num_loops),
-                                    diverging_prompt_fraction=float(np.mean(radius_S > 1.0)))
+      per_SxK = _per_loop(params, model, exp.task, samples)
+      radius_S = np.asarray(_spectral_radius(jnp.asarray(params["a"], samples.s.dtype),
+                                             samples.s))
+      rows.extend(_loop_rows(setting, name, per_SxK, samples))
+      summary[setting][name] = dict(
+          _extrapolation_summary(per_SxK, num_loops, samples),
+          diverging_prompt_fraction=float(np.mean(weight_S * (radius_S > 1.0))))
     gd_rows, summary[setting]["gd_own_step"] = _gd_own_step(
-        setting, exp.task, s_SxDxD, QUICK_GD_STEPS if ctx.quick else GD_STEPS)
+        setting, exp.task, samples, QUICK_GD_STEPS if ctx.quick else GD_STEPS)
     rows.extend(gd_rows)
   return rows, summary
 

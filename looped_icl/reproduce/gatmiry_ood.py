@@ -54,6 +54,7 @@ from looped_icl import baselines
 from looped_icl import config_lib
 from looped_icl import constructions
 from looped_icl import covariance
+from looped_icl import estimators
 from looped_icl import losses
 from looped_icl import tasks as tasks_lib
 from looped_icl.reproduce import common
@@ -106,14 +107,6 @@ def last_loop_losses(params, cfg, task, s_SxDxD):
   return losses.population_loss_samples(params, cfg, task, s_SxDxD)[:, -1]
 
 
-def paired_ratio(num_S, den_S) -> tuple[float, float]:
-  """mean(num) / mean(den) and its delta-method standard error (paired samples)."""
-  num_S, den_S = np.asarray(num_S, np.float64), np.asarray(den_S, np.float64)
-  ratio = num_S.mean() / den_S.mean()
-  resid_S = num_S / num_S.mean() - den_S / den_S.mean()
-  return float(ratio), float(ratio * resid_S.std(ddof=1) / np.sqrt(resid_S.shape[0]))
-
-
 def evaluate_on(cov, trained: dict, n: int, num_loops: int, key: jax.Array,
                 num_samples: int, mc_tasks: int) -> dict:
   """Losses of the trained models and the baselines on one test Sigma (paired on the same S).
@@ -133,7 +126,8 @@ def evaluate_on(cov, trained: dict, n: int, num_loops: int, key: jax.Array,
   """
   task = tasks_lib.make_task(cov, n)
   k_s, k_mc = jax.random.split(key)
-  s_SxDxD = tasks_lib.sample_empirical_covariance(k_s, task, num_samples)
+  # One proposal for every model (paired comparisons): the defensive default.
+  s_SxDxD = estimators.sample(k_s, task, num_samples, estimators.default_proposal(task))
   d = task.d
   inv_cov = np.linalg.inv(np.asarray(cov, np.float64))
   inv_cov = (inv_cov + inv_cov.T) / 2
@@ -146,11 +140,12 @@ def evaluate_on(cov, trained: dict, n: int, num_loops: int, key: jax.Array,
   for name, (cfg, params) in trained.items():
     per_sample[name] = np.asarray(last_loop_losses(params, cfg, task, s_SxDxD))
   for name, values in per_sample.items():
-    row[f"loss_{name}"] = float(values.mean())
-    row[f"loss_{name}_se"] = float(values.std(ddof=1) / np.sqrt(values.shape[0]))
+    est = estimators.estimate(values, s_SxDxD)
+    row[f"loss_{name}"], row[f"loss_{name}_se"] = est["value"], est["stderr"]
+    row[f"tail_index_{name}"] = est["tail_index"]
   for name in (*trained, "pgd"):
-    row[f"ratio_{name}_gd"], row[f"ratio_{name}_gd_se"] = paired_ratio(per_sample[name],
-                                                                       per_sample["gd"])
+    row[f"ratio_{name}_gd"], row[f"ratio_{name}_gd_se"] = estimators.paired_ratio(
+        per_sample[name], per_sample["gd"], s_SxDxD)
   gram = tasks_lib.sample_gram(k_mc, task, mc_tasks)
   row["loss_ols"] = float(jnp.mean((baselines.ols_predict(gram) - gram.y_query) ** 2))
   ridge = baselines.ridge_predict(gram, task.weight_cov, task.noise_std)
@@ -231,5 +226,5 @@ def run(ctx: common.Context) -> dict:
   return results
 
 
-__all__ = ["run", "model_configs", "evaluation_covariances", "evaluate_on", "paired_ratio",
+__all__ = ["run", "model_configs", "evaluation_covariances", "evaluate_on",
            "last_loop_losses"]

@@ -52,8 +52,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from looped_icl import config_lib
+from looped_icl import estimators
+from looped_icl import losses
 from looped_icl import solver
-from looped_icl import tasks as tasks_lib
 from looped_icl import theory
 from looped_icl.reproduce import common
 from looped_icl.reproduce import gatmiry_ood
@@ -86,34 +87,26 @@ def asymmetry(a_DxD) -> float:
   return float(np.linalg.norm(a_DxD - a_DxD.T) / np.linalg.norm(a_DxD))
 
 
-def sampled_l1_optimum(s_SxDxD) -> np.ndarray:
-  """argmin_A of the sampled L = 1 objective mean_S tr(Sigma (I - A^T S)(I - A^T S)^T).
+def sampled_l1_optimum(s_SxDxD, weight_S=None) -> np.ndarray:
+  """argmin_A of the sampled L = 1 objective mean_S w tr(Sigma (I - A^T S)(I - A^T S)^T).
 
-  Its stationarity condition Sigma (mean(S) - A^T mean(S^2)) = 0 gives A = mean(S^2)^-1 mean(S)
-  (S and S^2 symmetric); noiseless, w* ~ N(0, I). Its expectation is Ahn's A* up to O(1/samples).
+  Its stationarity condition Sigma (mean(w S) - A^T mean(w S^2)) = 0 gives
+  A = mean(w S^2)^-1 mean(w S) (S and S^2 symmetric; w = 1 for plain samples); noiseless,
+  w* ~ N(0, I). Its expectation is Ahn's A* up to O(1/samples).
   """
   s_SxDxD = np.asarray(s_SxDxD, np.float64)
-  s2_DxD = np.einsum("sij,sjk->ik", s_SxDxD, s_SxDxD) / s_SxDxD.shape[0]
-  return np.linalg.solve(s2_DxD, s_SxDxD.mean(axis=0))
+  w_S = np.ones(s_SxDxD.shape[0]) if weight_S is None else np.asarray(weight_S, np.float64)
+  s2_DxD = np.einsum("s,sij,sjk->ik", w_S, s_SxDxD, s_SxDxD) / s_SxDxD.shape[0]
+  return np.linalg.solve(s2_DxD, np.einsum("s,sij->ij", w_S, s_SxDxD) / s_SxDxD.shape[0])
 
 
-def l1_check(a_general, cov, n: int, s_fit_SxDxD) -> dict:
+def l1_check(a_general, cov, n: int, fit: estimators.WeightedS) -> dict:
   """The L = 1 general optimum against Ahn's closed form, with the Monte Carlo scale."""
   ahn = np.asarray(theory.ahn_theorem1(cov, n), np.float64)
-  sampled = sampled_l1_optimum(s_fit_SxDxD)
-  chunks = np.stack([sampled_l1_optimum(c) for c in np.array_split(
-      np.asarray(s_fit_SxDxD), CHUNKS)])
-  # Standard error of each entry of the full-sample estimate from the spread over chunks.
-  se_DxD = chunks.std(axis=0, ddof=1) / np.sqrt(CHUNKS)
-  a_general = np.asarray(a_general, np.float64)
-  return {"ahn_error": float(np.linalg.norm(a_general - ahn)),
-          "ahn_rel_error": float(np.linalg.norm(a_general - ahn) / np.linalg.norm(ahn)),
-          "mc_error_scale": float(np.sqrt(np.sum(se_DxD**2))),
-          "sampled_rel_error": float(np.linalg.norm(a_general - sampled) /
-                                     np.linalg.norm(sampled)),
-          "ahn_asymmetry": asymmetry(ahn)}
-
-
+  s_SxDxD, w_S = np.asarray(fit.s), np.asarray(fit.weight)
+  sampled = sampled_l1_optimum(s_SxDxD, w_S)
+  chunks = np.stack([sampled_l1_optimum(s, w) for s, w in zip(
+      np.array_split(s_SxDxD, CHUNKS), np.array_split(w_S, CHUNKS))])
 def _spectrum(a_DxD) -> tuple[np.ndarray, float]:
   """Eigenvalues as (d, 2) [re, im] pairs and max |Im| / max |lambda|."""
   pairs = np.asarray(theory.eigenvalues_as_pairs(jnp.asarray(a_DxD)), np.float64)
@@ -129,24 +122,30 @@ def solve_point(exp: config_lib.Experiment, settings: Settings, key: jax.Array):
   with jax.enable_x64(True):
     task = dataclasses.replace(exp.task, cov=jnp.asarray(np.asarray(exp.task.cov), jnp.float64),
                                noise_std=jnp.asarray(float(exp.task.noise_std), jnp.float64))
-    s_fit = tasks_lib.sample_empirical_covariance(jax.random.fold_in(key, 0), task,
-                                                  settings.samples)
-    s_test = tasks_lib.sample_empirical_covariance(jax.random.fold_in(key, 1), task,
-                                                   settings.test_samples)
+    # Fit on the defensive default proposal; evaluate every optimum on one held-out sample from
+    # the proposal chosen for the general optimum (looped_icl/estimators.py).
+    s_fit = estimators.sample(jax.random.fold_in(key, 0), task, settings.samples,
+                              estimators.default_proposal(task))
     row = {"num_loops": model.num_layers, "n": n, "n_over_d": n / model.d}
-    per_sample, spectra, optima = {}, [], {}
+    per_sample, spectra, optima, fitted = {}, [], {}, {}
     for constraint in solver.CONSTRAINTS:
-      params, runs = solver.minimize_population_loss(
+      fitted[constraint] = solver.minimize_population_loss(
           model, task, s_fit, restarts=settings.restarts[constraint],
           max_iters=settings.max_iters, constraint=constraint)
+    proposal, _ = losses.choose_proposal(fitted["general"][0], model, task,
+                                         jax.random.fold_in(key, 2), settings.samples)
+    s_test = estimators.sample(jax.random.fold_in(key, 1), task, settings.test_samples, proposal)
+    row["test_proposal"] = proposal.describe()
+    for constraint, (params, runs) in fitted.items():
       per_sample[constraint] = np.asarray(
           gatmiry_ood.last_loop_losses(params, model, task, s_test))
       a_DxD = np.asarray(params["a"], np.float64)
       optima[constraint] = a_DxD
       fits = [float(r.fun) for r in runs]
-      row[f"loss_{constraint}"] = float(per_sample[constraint].mean())
-      row[f"loss_{constraint}_se"] = float(per_sample[constraint].std(ddof=1) /
-                                           np.sqrt(settings.test_samples))
+      est = estimators.estimate(per_sample[constraint], s_test)
+      row[f"loss_{constraint}"], row[f"loss_{constraint}_se"] = est["value"], est["stderr"]
+      row[f"tail_index_{constraint}"] = est["tail_index"]
+      row[f"trusted_{constraint}"] = est["trusted"]
       row[f"fit_loss_{constraint}"] = min(fits)
       row[f"fit_restart_spread_{constraint}"] = max(fits) - min(fits)
       row[f"converged_{constraint}"] = all(bool(r.success) for r in runs)
@@ -158,7 +157,7 @@ def solve_point(exp: config_lib.Experiment, settings: Settings, key: jax.Array):
                      "operator": operator, "index": i, "re": re, "im": im}
                     for i, (re, im) in enumerate(pairs)]
     for constraint in ("symmetric", "isotropic"):
-      ratio_se = gatmiry_ood.paired_ratio(per_sample["general"], per_sample[constraint])
+      ratio_se = estimators.paired_ratio(per_sample["general"], per_sample[constraint], s_test)
       row[f"ratio_general_{constraint}"], row[f"ratio_general_{constraint}_se"] = ratio_se
     a_gen = optima["general"]
     row["asymmetry_general"] = asymmetry(a_gen)
