@@ -81,10 +81,16 @@ def test_loops_extrapolation(loops):
     # ... but not the mean: a fraction of prompts (0.6% measured; 0.1% would be 2 of the 2000
     # sampled) has spectral radius of I - A^T S above 1 and diverges geometrically.
     assert not row["keeps_decreasing"] and row["diverging_prompt_fraction"] > 1e-3, row
-  # With n/d = 16 no sampled prompt diverges and the optimum keeps improving for 20 loops.
-  large_n = next(v for k, v in ext.items() if k.startswith("train_n"))
-  assert large_n["optimum_L2"]["keeps_decreasing"], large_n
-  assert large_n["optimum_L2"]["diverging_prompt_fraction"] == 0.0, large_n
+  # With n/d = 16 the optimum keeps improving for many loops in the median and in the mean (best
+  # at >= 8 loops, far below its loss at 2 loops); whether the mean keeps falling to 20 loops is
+  # decided by prompts of probability < 1e-4 (the importance sample finds some: its tail index
+  # is > 1 past ~8 loops, flagged), so it is not asserted (the plain 2000-sample reading "keeps
+  # decreasing, no prompt diverges" did not see them).
+  large_n = next(v for k, v in ext.items() if k.startswith("train_n"))["optimum_L2"]
+  assert large_n["median_keeps_decreasing"], large_n
+  assert large_n["best_loops"] >= 8, large_n
+  assert large_n["loss_at_trained_loops"] - large_n["best_loss"] > 4 * large_n["gain_stderr"]
+  assert large_n["diverging_prompt_fraction"] < 1e-3, large_n
   # Out of distribution (another rotation of the same spectrum) the loop diverges on a large
   # fraction of prompts (0.54 measured for the trained L = 2 model).
   assert ext["rotated_seed1"]["trained_L2"]["diverging_prompt_fraction"] > 0.2, ext

@@ -342,7 +342,8 @@ def run(ctx: common.Context) -> dict:
       "num_isotropic_minima": len(minima),
       "held_out": stats,
       "solver_fit_loss": best["fit_loss"],
-      "solver_library_held_out_mean": float(best_library.mean()),
+      "solver_library_held_out_mean": float(np.mean(np.asarray(eigs_held.weight)
+                                                    * best_library)),
       "gd_eta": gd_eta,
       "solver_samples": {"search": num_search, "fit": num_fit, "held_out": num_held,
                          "starts": len(starts)},

@@ -118,6 +118,9 @@ def _config(ctx: common.Context, num_loops: int, n: int, *, finite: bool):
   log_every = max(1, steps // ROWS)
   config.train.learning_rate = learning_rate
   config.train.batch_size = batch
+  # The exponent is a property of the run's own fixed objective, compared with the isotropic
+  # S -> I limit: plain samples (an importance-weighted objective mixes in S ~ s I, s != 1).
+  config.train.population_proposal = "plain"
   config.train.steps = log_every * math.ceil(steps / log_every)
   config.train.log_every = log_every
   config.train.checkpoint_every = config.train.steps

@@ -107,6 +107,15 @@ def l1_check(a_general, cov, n: int, fit: estimators.WeightedS) -> dict:
   sampled = sampled_l1_optimum(s_SxDxD, w_S)
   chunks = np.stack([sampled_l1_optimum(s, w) for s, w in zip(
       np.array_split(s_SxDxD, CHUNKS), np.array_split(w_S, CHUNKS))])
+  # Standard error of each entry of the full-sample estimate from the spread over chunks.
+  se_DxD = chunks.std(axis=0, ddof=1) / np.sqrt(CHUNKS)
+  a_general = np.asarray(a_general, np.float64)
+  return {"ahn_error": float(np.linalg.norm(a_general - ahn)),
+          "ahn_rel_error": float(np.linalg.norm(a_general - ahn) / np.linalg.norm(ahn)),
+          "mc_error_scale": float(np.sqrt(np.sum(se_DxD**2))),
+          "sampled_rel_error": float(np.linalg.norm(a_general - sampled) /
+                                     np.linalg.norm(sampled)),
+          "ahn_asymmetry": asymmetry(ahn)}
 def _spectrum(a_DxD) -> tuple[np.ndarray, float]:
   """Eigenvalues as (d, 2) [re, im] pairs and max |Im| / max |lambda|."""
   pairs = np.asarray(theory.eigenvalues_as_pairs(jnp.asarray(a_DxD)), np.float64)
