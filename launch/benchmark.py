@@ -3,6 +3,8 @@ r"""Training-step benchmark: ``python -m launch.benchmark [--workload=NAME] [--j
 Times full training steps (sampling + forward + backward + Adam) after compilation and warm-up,
 median of repeats, and prints steps/s, tasks/s, XLA GFLOP/s and % of this machine's measured
 float32 matmul peak. ``--forwards=gram,tokens`` also times the token-space reference path.
+``--variance`` instead measures the population-loss estimators' variance reduction at equal cost
+(:mod:`looped_icl.variance_benchmark`).
 """
 
 import json
@@ -12,6 +14,7 @@ from absl import flags
 
 from launch import cli
 from looped_icl import benchmark
+from looped_icl import variance_benchmark
 
 _WORKLOAD = flags.DEFINE_list("workload", None, f"Workloads (default all): "
                               f"{', '.join(benchmark.WORKLOADS)}.")
@@ -19,12 +22,20 @@ _FORWARDS = flags.DEFINE_list("forwards", ["gram"], "Forward paths to time: gram
 _JSON = flags.DEFINE_string("json", None, "Write the results as JSON to this file.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats (the median is reported).")
 _STEPS = flags.DEFINE_integer("steps_per_call", 10, "Steps per timed dispatch (lax.scan).")
+_VARIANCE = flags.DEFINE_bool("variance", False, "Measure the estimators' variance reduction.")
 
 
 def main(argv):
   del argv
 
   def go():
+    if _VARIANCE.value:
+      rows = variance_benchmark.run()
+      print(variance_benchmark.format_table(rows))
+      if _JSON.value:
+        with open(_JSON.value, "w") as f:
+          json.dump(rows, f, indent=2)
+      return
     peak, results = benchmark.run(_WORKLOAD.value, tuple(_FORWARDS.value), _STEPS.value,
                                   _REPEATS.value)
     print(benchmark.format_table(peak, results))

@@ -2,7 +2,9 @@
 
 ``train_and_evaluate(config, workdir)`` writes into ``workdir``:
   config.json      the config as given (validated first; a bad field raises ValueError)
-  metrics.jsonl    one JSON object per logged step: mean and last loss of the chunk, the last
+  metrics.jsonl    one JSON object per logged step: mean (+- its standard error over the
+                   chunk's steps) and last loss of the chunk, the largest single sample's share
+                   of the chunk's loss (max_share) and of one step's (max_step_share), the last
                    step's gradient norm, learning rate, steps/s, wall time, and (linear models)
                    per-layer Dist(A_l, I) and whitened Dist of the effective preconditioners
   checkpoints/     orbax checkpoints of {params, opt_state} (atomic, last k kept)
@@ -211,7 +213,7 @@ def _format_eta(seconds: float) -> str:
 
 def _format_loss(row: dict) -> str:
   """'0.0834+-0.0012 (max share 0.3%)': the chunk's mean loss, the standard error of that mean
-  over its steps, and the largest single sample's share of a step's batch loss."""
+  over its steps, and the largest single sample's share of the chunk's summed loss."""
   return (f"{row['loss']:.4g}+-{row['loss_stderr']:.2g} (max share "
           f"{100 * row['max_share']:.2g}%)")
 
@@ -220,8 +222,8 @@ def _tail_warning(rows: list[dict]) -> str:
   worst = max(row["max_share"] for row in rows)
   if worst <= estimators.MAX_SHARE:
     return ""
-  return (f"  WARNING: one sample carried {100 * worst:.0f}% of a step's batch loss (heavy tail: "
-          f"raise train.batch_size; population objective: train.population_proposal=defensive)")
+  return (f"  WARNING: one sample carried {100 * worst:.0f}% of the logged loss (heavy tail: "
+          f"the mean is not reliable; raise train.batch_size or train.log_every)")
 
 
 def read_metrics(workdir: str, up_to_step: int | None = None) -> list[dict]:
@@ -348,7 +350,11 @@ def train_runs(exps: list[config_lib.Experiment], workdirs: list[str], *, mesh=N
       params, opt_state, losses_K, grad_norms_K, shares_K = chunk(
           state["params"], state["opt_state"], hyper, jnp.arange(step, step + length))
       losses_RxK = np.asarray(losses_K).reshape(num, length)
-      shares_R = np.asarray(shares_K).reshape(num, length).max(axis=1)
+      shares_RxK = np.asarray(shares_K).reshape(num, length)
+      # The largest single sample's share of the chunk's summed loss (what the logged mean rests
+      # on), and the largest of one step's batch loss (the heavy tail of single gradients).
+      chunk_shares_R = (np.max(shares_RxK * np.abs(losses_RxK), axis=1)
+                        / np.maximum(np.sum(np.abs(losses_RxK), axis=1), 1e-300))
       grad_norms_R = np.asarray(grad_norms_K).reshape(num, length)[:, -1]
       state = {"params": params, "opt_state": opt_state}
       run_params = unstack(params, num) if vmap else [params]
@@ -363,7 +369,8 @@ def train_runs(exps: list[config_lib.Experiment], workdirs: list[str], *, mesh=N
         row = {"step": step + length, "loss": float(np.mean(losses_RxK[r])),
                "loss_stderr": (float(np.std(losses_RxK[r], ddof=1) / np.sqrt(length))
                                if length > 1 else float("nan")),
-               "max_share": float(shares_R[r]),
+               "max_share": float(chunk_shares_R[r]),
+               "max_step_share": float(np.max(shares_RxK[r])),
                "last_loss": float(losses_RxK[r, -1]), "grad_norm": float(grad_norms_R[r]),
                "learning_rate": float(schedules[r](step + length - 1)),
                "steps_per_s": steps_per_s, "wall_time_s": time.perf_counter() - t_start}
