@@ -149,8 +149,15 @@ def _check_task(task: tasks_lib.TaskDistribution, proposal: Proposal) -> None:
 def sample(key: jax.Array, task: tasks_lib.TaskDistribution, num: int,
            proposal: Proposal = PLAIN) -> WeightedS:
   """Draws ``num`` weighted samples of S from ``proposal`` (plain: weights 1)."""
+  return reweight(tasks_lib.sample_empirical_covariance(key, task, num), task, proposal)
+
+
+def reweight(s_SxDxD: jax.Array, task: tasks_lib.TaskDistribution,
+             proposal: Proposal = PLAIN) -> WeightedS:
+  """Turns plain samples of S (drawn from the task's law) into samples from ``proposal``: sample
+  i is scaled by its component's s_j (X with covariance s_j Sigma) and weighted."""
   _check_task(task, proposal)
-  s_SxDxD = tasks_lib.sample_empirical_covariance(key, task, num)
+  num = s_SxDxD.shape[0]
   components = allocation(num, proposal)
   if proposal.is_plain:
     return WeightedS(s=s_SxDxD, weight=jnp.ones((num,), s_SxDxD.dtype),

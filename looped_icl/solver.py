@@ -8,7 +8,8 @@ isotropic, and the restarts start from random non-symmetric matrices.
 A fit on a plain sample of S exploits the absence of the rare large-eigenvalue S that carry the
 mean at L >~ 4, n/d <~ 5 (its fit loss is below the truth; :mod:`looped_icl.estimators`), so
 :func:`solve_population_optimum` works in four independent samples:
-  1. fit every restart on an importance sample from a default defensive proposal;
+  1. fit every restart (a quarter of ``max_iters``) on an importance sample from a default
+     defensive proposal;
   2. choose the proposal for the best restart's parameters from its measured variance (pilot) and
      re-fit every restart, warm, on a fresh sample from it;
   3. choose the restart on an independent sample (not the one it was fitted on);
@@ -159,21 +160,23 @@ def solve_population_optimum(exp: config_lib.Experiment, key: jax.Array | None =
   keys = [jax.random.fold_in(key, i) for i in range(5)]
   with jax.enable_x64(True):
     task = _task64(exp.task)
-    solve = functools.partial(minimize_population_loss, model, task, constraint=constraint,
-                              max_iters=sc.max_iters)
+    solve = functools.partial(minimize_population_loss, model, task, constraint=constraint)
     if proposal is None:
       # 1. Fit on a default defensive proposal.
+      # (A quarter of the iterations: it only chooses the proposal and warm-starts step 2.)
       s_first = estimators.sample(keys[0], task, sc.samples, estimators.default_proposal(task))
-      _, runs = solve(s_first, restarts=sc.restarts, restart_seed=restart_seed)
+      _, runs = solve(s_first, restarts=sc.restarts, restart_seed=restart_seed,
+                      max_iters=max(25, sc.max_iters // 4))
       # 2. The proposal for the best restart; re-fit every restart, warm, on a fresh sample.
       best_first = min(runs, key=lambda res: res.fun).params
       proposal, _ = losses.choose_proposal(best_first, model, task, keys[1],
                                            max(10000, sc.samples))
       s_fit = estimators.sample(keys[2], task, sc.samples, proposal)
-      _, runs = solve(s_fit, starts=[res.x for res in runs])
+      _, runs = solve(s_fit, starts=[res.x for res in runs], max_iters=sc.max_iters)
     else:
       s_fit = estimators.sample(keys[2], task, sc.samples, proposal)
-      _, runs = solve(s_fit, restarts=sc.restarts, restart_seed=restart_seed)
+      _, runs = solve(s_fit, restarts=sc.restarts, restart_seed=restart_seed,
+                      max_iters=sc.max_iters)
     # 3. Choose the restart on an independent sample.
     s_select = estimators.sample(keys[3], task, sc.samples, proposal)
     select = [float(losses.population_loss(res.params, model, task, s_select)) for res in runs]

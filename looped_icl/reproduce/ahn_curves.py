@@ -42,6 +42,7 @@ import numpy as np
 from looped_icl import baselines
 from looped_icl import config_lib
 from looped_icl import covariance as cov_lib
+from looped_icl import estimators
 from looped_icl import losses
 from looped_icl import models
 from looped_icl import optim
@@ -207,7 +208,7 @@ def _eval_samples(exp: config_lib.Experiment, task, ns: Sequence[int]) -> jax.Ar
   return sample_s(key, task.cov, ns, exp.train.eval_population_samples)
 
 
-def optimal_steps(exp: config_lib.Experiment, depth: int, s_fit_SxDxD: jax.Array, *,
+def optimal_steps(exp: config_lib.Experiment, depth: int, s_fit: estimators.WeightedS, *,
                   restart_seed: int = 0) -> np.ndarray:
   """The population-optimal per-layer steps c_l of A_l = c_l Sigma^{-1}, (L,) (float64).
 
@@ -220,8 +221,11 @@ def optimal_steps(exp: config_lib.Experiment, depth: int, s_fit_SxDxD: jax.Array
   root_DxD = cov_lib.inv_sqrtm_pd(task.cov)
   white = tasks_lib.make_task(np.eye(task.d), task.n)
   cfg = models.ModelConfig(d=task.d, num_layers=depth, kind="layered", parametrization="fixed")
+  whitened = estimators.WeightedS(
+      s=jnp.einsum("ij,sjk,kl->sil", root_DxD, s_fit.s, root_DxD), weight=s_fit.weight,
+      component=s_fit.component)   # the weights depend on tr(Sigma^-1 S) = tr(S~) only
   params, _ = solver.minimize_population_loss(
-      cfg, white, jnp.einsum("ij,sjk,kl->sil", root_DxD, s_fit_SxDxD, root_DxD),
+      cfg, white, whitened,
       restarts=exp.solver.restarts, max_iters=exp.solver.max_iters, restart_seed=restart_seed)
   return np.asarray(params["eta"], np.float64)
 
@@ -266,27 +270,35 @@ def evaluate_sweep(exp: config_lib.Experiment, ns: Sequence[int], depths: Sequen
     s_fit = sample_s(jax.random.fold_in(keys["eval"], 0), task.cov, ns, exp.solver.samples)
     s_eval = _eval_samples(exp, task, ns)
     for k, (n, depth) in enumerate(zip(ns, depths)):
-      steps = optimal_steps(exp, depth, s_fit[k], restart_seed=k)
-      gd_eta, _ = baselines.best_gd_eta(task, depth, s_fit[k])
-      pgd_eta, _ = baselines.best_gd_eta(task, depth, s_fit[k], preconditioner=inv_cov)
+      # Importance-weighted (defensive proposal for this n; looped_icl/estimators.py).
+      task_n = dataclasses.replace(task, n=n)
+      proposal = estimators.default_proposal(task_n)
+      fit_k = estimators.reweight(s_fit[k], task_n, proposal)
+      eval_k = estimators.reweight(s_eval[k], task_n, proposal)
+      steps = optimal_steps(exp, depth, fit_k, restart_seed=k)
+      gd_eta, _ = baselines.best_gd_eta(task, depth, fit_k)
+      pgd_eta, _ = baselines.best_gd_eta(task, depth, fit_k, preconditioner=inv_cov)
       a = {"transformer": jnp.asarray(trained[k]),
            "optimum": jnp.asarray(steps[:, None, None] * inv_cov[None]),
            "pgd": jnp.asarray(pgd_eta * np.broadcast_to(inv_cov, (depth,) + inv_cov.shape)),
            "gd": jnp.asarray(gd_eta * np.broadcast_to(np.eye(task.d), (depth, task.d, task.d)))}
       if general_solver:
         params, _ = solver.minimize_population_loss(
-            dataclasses.replace(exp.model, num_layers=depth), task, s_fit[k],
+            dataclasses.replace(exp.model, num_layers=depth), task, fit_k,
             restarts=exp.solver.restarts, max_iters=exp.solver.max_iters, restart_seed=k)
         a["general"] = params["a"]
       per_sample = dict(zip(families, np.asarray(_last_layer_losses(
           jnp.stack([_pad_layers(a[name], cfg_max.num_layers) for name in families]), cfg_max,
-          task, s_eval[k]))))
+          task, eval_k.s))))
       row = {"n": n, "layers": depth}
       for name in families:
-        row[name], row[f"{name}_stderr"] = _mean_se(per_sample[name])
+        est = estimators.estimate(per_sample[name], eval_k)
+        row[name], row[f"{name}_stderr"] = est["value"], est["stderr"]
+        row[f"{name}_tail_index"] = est["tail_index"]
       for worse, better in pairs:
-        row[f"{worse}_minus_{better}"], row[f"{worse}_minus_{better}_stderr"] = _mean_se(
-            per_sample[worse] - per_sample[better])
+        est = estimators.estimate(per_sample[worse] - per_sample[better], eval_k)
+        row[f"{worse}_minus_{better}"], row[f"{worse}_minus_{better}_stderr"] = (
+            est["value"], est["stderr"])
       row.update(transformer_over_optimum=row["transformer"] / row["optimum"],
                  optimum_steps=_steps_text(steps),
                  transformer_steps=_steps_text(_whitened_scales(trained[k], task.cov)),
