@@ -23,11 +23,17 @@ B_l = b_l I the covariate transform C_l is a polynomial too (C_0 = 1, C_{l+1} = 
 b_l C_l^2 x) C_l, k_l = eta_l a_l C_l^2). The loss is then a rational-coefficient polynomial in
 the parameters and E tr(S^k); it is evaluated in exact rational arithmetic (``fractions``), so the
 alternating sums of large moments lose nothing.
+
+**General matrices** (:func:`general_losses`, L <= 2): for any K_l, Sigma, Sigma_w and noise,
+the recursion is expanded into words in S and each E tr(F_1 S ... F_k S) is computed exactly by
+Isserlis' theorem over the examples (:func:`expected_trace_word`); it equals the isotropic
+recursion and the one-layer closed form :func:`one_layer_loss` to rounding (tests).
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 from fractions import Fraction
 from typing import Sequence
 
@@ -213,3 +219,111 @@ def one_layer_loss(k_DxD, cov_DxD, weight_cov_DxD, n: int, noise_var: float = 0.
   return float(np.trace(cov @ sw) - 2 * np.trace(cov @ k @ cov @ sw)
                + np.trace(cov @ k @ e_sbs @ k.T) + noise_var / n * np.trace(cov @ k @ cov @ k.T)
                + noise_var)
+
+
+# General matrices: E tr(F_1 S F_2 S ... F_k S) by Isserlis' theorem over the examples.
+
+MAX_GENERAL_DEGREE = 4
+
+
+def _set_partitions(items):
+  if not items:
+    yield []
+    return
+  first, rest = items[0], items[1:]
+  for partition in _set_partitions(rest):
+    for i in range(len(partition)):
+      yield partition[:i] + [[first] + partition[i]] + partition[i + 1:]
+    yield [[first]] + partition
+
+
+def _perfect_matchings(items):
+  if not items:
+    yield []
+    return
+  first = items[0]
+  for i in range(1, len(items)):
+    for rest in _perfect_matchings(items[1:i] + items[i + 1:]):
+      yield [(first, items[i])] + rest
+
+
+def expected_trace_word(fs, cov, n: int) -> float:
+  """E tr(F_1 S F_2 S ... F_k S) for S = X^T X / n, rows of X ~ N(0, Sigma) (exact, float64).
+
+  With x_a = C z_a (C C^T = Sigma) the trace is n^-k sum_{a_1..a_k} prod_i x_{a_i}^T F_{i+1}
+  x_{a_{i+1}} (cyclic). Indices that coincide form a set partition pi of {1..k}, realised by
+  n (n - 1) ... (n - |pi| + 1) assignments; given pi, Isserlis' theorem pairs the 2k occurrences
+  of the z's within each block, and each pairing contracts the matrices G_i = C^T F_{i+1} C
+  into a product of traces (an einsum). k <= MAX_GENERAL_DEGREE.
+  """
+  k = len(fs)
+  if k > MAX_GENERAL_DEGREE:
+    raise ValueError(f"the word's degree in S must be <= {MAX_GENERAL_DEGREE}, got {k}")
+  chol = np.linalg.cholesky(np.asarray(cov, np.float64))
+  g = [chol.T @ np.asarray(fs[(i + 1) % k], np.float64) @ chol for i in range(k)]
+  # Occurrence 2i: the left vector of form i (vector i); 2i + 1: its right vector (vector i+1).
+  vector_of = [i if j == 0 else (i + 1) % k for i in range(k) for j in (0, 1)]
+  total = 0.0
+  for partition in _set_partitions(list(range(k))):
+    count = float(np.prod([n - j for j in range(len(partition))]))
+    if count == 0:
+      continue
+    per_block = [list(_perfect_matchings([o for o in range(2 * k) if vector_of[o] in block]))
+                 for block in partition]
+    for matchings in itertools.product(*per_block):
+      letter = list(range(2 * k))
+      for matching in matchings:
+        for a, b in matching:
+          letter[b] = letter[a]
+      subscripts = ",".join(chr(97 + letter[2 * i]) + chr(97 + letter[2 * i + 1])
+                            for i in range(k))
+      total += count * float(np.einsum(subscripts + "->", *g))
+  return total / n**k
+
+
+def _expected_trace_tokens(tokens, cov, n: int) -> float:
+  """E tr of a word of matrices and 'S' tokens (consecutive matrices multiplied)."""
+  d = np.asarray(cov).shape[0]
+  if not any(isinstance(t, str) for t in tokens):
+    out = np.eye(d)
+    for t in tokens:
+      out = out @ t
+    return float(np.trace(out))
+  last = max(i for i, t in enumerate(tokens) if isinstance(t, str))
+  tokens = tokens[last + 1:] + tokens[:last + 1]       # rotate: the word ends with S
+  fs, run = [], np.eye(d)
+  for t in tokens:
+    if isinstance(t, str):
+      fs.append(run)
+      run = np.eye(d)
+    else:
+      run = run @ t
+  return expected_trace_word(fs, cov, n)
+
+
+def _transpose_word(tokens):
+  return [t if isinstance(t, str) else np.asarray(t).T for t in reversed(tokens)]
+
+
+def general_losses(k_layers, cov, weight_cov, n: int, noise_var: float = 0.0) -> list[float]:
+  """Exact population loss after each layer for general K_l = eta_l A_l^T and general Sigma,
+  Sigma_w, noise (layered; a looped model repeats its K). The recursion of SPEC section 4 is
+  expanded into words in S (M_{l+1} = M_l - K_l S M_l, N_{l+1} = N_l - K_l S N_l + K_l) and each
+  E tr(Sigma M Sigma_w M^T), E tr(Sigma N S N^T) by :func:`expected_trace_word`; L <= 2."""
+  if len(k_layers) > MAX_GENERAL_DEGREE // 2:
+    raise ValueError(f"general_losses needs L <= {MAX_GENERAL_DEGREE // 2}, got {len(k_layers)}")
+  cov, weight_cov = np.asarray(cov, np.float64), np.asarray(weight_cov, np.float64)
+  m_words, n_words, out = [(-1.0, [])], [], []
+  for k in k_layers:
+    k = np.asarray(k, np.float64)
+    m_words = m_words + [(-c, [k, "S"] + w) for c, w in m_words]
+    n_words = n_words + [(-c, [k, "S"] + w) for c, w in n_words] + [(1.0, [k])]
+    loss = sum(c1 * c2 * _expected_trace_tokens([cov] + w1 + [weight_cov] + _transpose_word(w2),
+                                                 cov, n)
+               for c1, w1 in m_words for c2, w2 in m_words)
+    if noise_var:
+      loss += noise_var / n * sum(
+          c1 * c2 * _expected_trace_tokens([cov] + w1 + ["S"] + _transpose_word(w2), cov, n)
+          for c1, w1 in n_words for c2, w2 in n_words)
+    out.append(float(loss + noise_var))
+  return out

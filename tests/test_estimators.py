@@ -193,3 +193,22 @@ def test_standard_errors_are_calibrated_over_seeds(x64):
     est = estimators.estimate(f(samples.s), samples)
     z.append((est["value"] - exact) / est["stderr"])
   assert np.mean(np.abs(z) <= 2) >= 0.85
+
+
+@pytest.mark.parametrize("prior,kind", [("identity", "layered"), ("inverse_covariance", "looped")])
+def test_estimator_agrees_with_the_exact_two_layer_loss_for_general_a(prior, kind, x64):
+  """L = 2, general non-symmetric A, rotated Sigma, noise, n/d = 2: the exact loss of
+  wishart.general_losses (Isserlis over the examples) within 3 reported standard errors."""
+  n, noise = 2 * D, 0.3
+  cov = np.asarray(covariance.make_covariance("rotated", D, spectrum=(1.0, 0.25, 2.0, 0.5)))
+  task = tasks.make_task(cov, n, noise_std=noise, weight_prior=prior)
+  rng = np.random.default_rng(12)
+  a = [0.4 * np.linalg.inv(cov) + 0.1 * rng.standard_normal((D, D)) for _ in range(2)]
+  if kind == "looped":
+    a = [a[0], a[0]]
+  cfg, params = constructions.preconditioned_gd(a[0] if kind == "looped" else a, 2, kind=kind)
+  report, _, _ = losses.estimate_population_loss(params, cfg, task, jax.random.key(13), 40000)
+  exact = wishart.general_losses([m.T for m in a], cov, np.asarray(task.weight_cov), n,
+                                 noise**2)
+  for l in range(2):
+    assert abs(report["values"][l] - exact[l]) < 3 * report["stderrs"][l], (report, exact)

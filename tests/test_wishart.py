@@ -147,3 +147,36 @@ def test_exact_arithmetic_survives_cancellation():
   n, d = 8, 4   # layer 1 by hand
 
   assert losses[0] == d - 2 * Fraction(1, 2) * d + Fraction(1, 4) * d * (n + d + 1) / n
+
+
+def test_general_losses_equal_the_isotropic_recursion_and_the_one_layer_closed_form():
+  """Isserlis over the examples (general matrices) against the integer moment recursion
+  (isotropic) and the one-layer Wishart closed form: three derivations, one number."""
+  n, d = 12, 4
+  eye = np.eye(d)
+  np.testing.assert_allclose(
+      wishart.general_losses([0.5 * eye, 0.3 * eye], eye, eye, n, 0.25),
+      [float(v) for v in wishart.isotropic_losses([0.5, 0.3], n, d, 0.25)], rtol=1e-12)
+  rng = np.random.default_rng(0)
+  a = 0.5 * eye + 0.2 * rng.standard_normal((d, d))
+  u, _ = np.linalg.qr(rng.standard_normal((d, d)))
+  cov = (u * np.array([1.0, 0.5, 0.25, 2.0])) @ u.T
+  weight_cov = np.linalg.inv(cov)
+  assert wishart.general_losses([a.T], cov, weight_cov, n, 0.3)[0] == pytest.approx(
+      wishart.one_layer_loss(a.T, cov, weight_cov, n, 0.3), rel=1e-12)
+
+
+def test_expected_trace_word_matches_monte_carlo():
+  rng = np.random.default_rng(5)
+  n, d, num = 6, 3, 400_000
+  u, _ = np.linalg.qr(rng.standard_normal((d, d)))
+  cov = (u * np.array([1.0, 0.5, 2.0])) @ u.T
+  fs = [rng.standard_normal((d, d)) for _ in range(4)]
+  x = rng.standard_normal((num, n, d)) @ np.linalg.cholesky(cov).T
+  s = np.einsum("bni,bnj->bij", x, x) / n
+  prod = np.broadcast_to(np.eye(d), s.shape)
+  for f in fs:
+    prod = prod @ f @ s
+  values = np.trace(prod, axis1=1, axis2=2)
+  exact = wishart.expected_trace_word(fs, cov, n)
+  assert abs(values.mean() - exact) < 4 * values.std() / np.sqrt(num)
