@@ -133,9 +133,10 @@ def test_gdpp_beats_gd_on_typical_tasks_and_optimum_on_average(gdpp):
   held = results["held_out"]
   # The same 100k held-out S. Trained median per-S loss 0.004 vs 3-step GD's 0.80: 10x margin.
   assert held["trained"]["median"] < 0.1 * held["gd"]["median"]
-  # The population optimum's mean 0.03-0.045 (+- 0.015 from its own rare tail) vs GD's 0.87.
-  assert held["optimum"]["mean"] < 0.1 * held["gd"]["mean"]
-  # The optimum is the light-tailed branch B_0 ~ 0.35 I, B_1 ~ 0.96 I (0.347, 0.961 when fitted
+  # The optimum's importance-sampled mean is tail-dominated (full run, 1M S: 0.084 +- 0.038, one
+  # sample 45% of it, flagged) but far below GD's 0.87 (trusted): 0.5x leaves 10 standard errors.
+  assert held["optimum"]["mean"] < 0.5 * held["gd"]["mean"]
+  # The optimum is the branch B_0 ~ 0.35 I, B_1 ~ 0.96 I (0.347, 0.961 when fitted
   # on 200k S). B_1 is sharply identified; B_0 barely (held-out loss 0.0304-0.0310 along it):
   # fitted on four independent quick samples of 20k S it was 0.415, 0.389, 0.343, 0.338 (sd
   # 0.037; B_1 0.959-0.961), so B_0 is checked to 3 sd of that fit-sample error.
