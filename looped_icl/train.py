@@ -353,8 +353,10 @@ def train_runs(exps: list[config_lib.Experiment], workdirs: list[str], *, mesh=N
       shares_RxK = np.asarray(shares_K).reshape(num, length)
       # The largest single sample's share of the chunk's summed loss (what the logged mean rests
       # on), and the largest of one step's batch loss (the heavy tail of single gradients).
+      # (Steps that reuse a sample, resample_every != 1, are not independent: the step's share.)
       chunk_shares_R = (np.max(shares_RxK * np.abs(losses_RxK), axis=1)
-                        / np.maximum(np.sum(np.abs(losses_RxK), axis=1), 1e-300))
+                        / np.maximum(np.sum(np.abs(losses_RxK), axis=1), 1e-300)
+                        if tc.resample_every == 1 else np.max(shares_RxK, axis=1))
       grad_norms_R = np.asarray(grad_norms_K).reshape(num, length)[:, -1]
       state = {"params": params, "opt_state": opt_state}
       run_params = unstack(params, num) if vmap else [params]
