@@ -14,9 +14,9 @@ Run:
   python -m launch.solve --config=configs/gatmiry_looped.py --workdir=/tmp/looped_icl/gat4
 Expected: the loss decreases monotonically towards optimum.json's loss. The directions of large
 eigenvalue of Sigma converge quickly; the lambda = 1/16 direction moves at a rate ~ lambda^3 and is
-far from converged at flow time 200, so the final loss is 1.01x (L = 1), 1.03x (L = 2), 1.10x
-(L = 3) and 1.27 +- 0.08x (L = 4) the optimum (paired, 4000 held-out samples of S); see
-``python -m launch.reproduce --experiment=gatmiry_loops``.
+far from converged at flow time 200, so the final loss is 1.014x (L = 1), 1.028x (L = 2), 1.061x
+(L = 3) and 1.148 +- 0.004x (L = 4) the optimum (paired, 100k importance-sampled held-out S,
+2026-12-01); see ``python -m launch.reproduce --experiment=gatmiry_loops``.
 """
 
 from looped_icl import config_lib
