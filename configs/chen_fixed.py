@@ -9,7 +9,9 @@ Run:
   python -m launch.train --config=configs/chen_fixed.py --workdir=/tmp/looped_icl/chen
 Expected: the learned steps eta_t are positive and spread out (a varying schedule); the loss falls
 with every loop (summary's loss_vs_loops) and is at most that of 10-step GD with the best constant
-step (baselines.gd) on the same tasks.
+step (baselines.gd) on the same tasks. Measured 2026-12-01: eta_t in [0.21, 1.28], loss 0.0082 vs
+GD's 0.0223; launch.solve's optimal schedule (steps up to 4.1) reaches 0.00106 +- 0.00002 (held
+out, trusted), so 2000 Adam steps are far from the optimum.
 """
 
 from looped_icl import config_lib
