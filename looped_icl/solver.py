@@ -176,7 +176,7 @@ def solve_population_optimum(exp: config_lib.Experiment, key: jax.Array | None =
       # Restarts heading to the same minimum are polished once.
       distinct = []
       for res in sorted(runs, key=lambda res: res.fun):
-        if not any(np.allclose(res.x, other.x, rtol=1e-3, atol=1e-6) for other in distinct):
+        if not any(np.allclose(res.x, other.x, rtol=1e-2, atol=1e-4) for other in distinct):
           distinct.append(res)
       _, runs = solve(s_fit, starts=[res.x for res in distinct], max_iters=sc.max_iters)
     else:
