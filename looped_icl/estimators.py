@@ -31,7 +31,6 @@ min(1 - 1 / log10 N, 0.7) the estimate is flagged (``trusted`` false, ``warning`
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 
 import jax
@@ -125,16 +124,14 @@ class WeightedS:
   component: jax.Array
 
 
-def mixture_weights(t_S, n: int, d: int, proposal: Proposal, xp=jnp):
-  """Balance-heuristic weights p / sum_j pi_j q_j, (N,), from t = tr(Sigma^-1 S) (NumPy with
-  ``xp=np``): log(q_j / p) = -(nd/2) log s_j + (n/2)(1 - 1/s_j) t."""
+def mixture_weights(t_S, n: int, d: int, proposal: Proposal) -> np.ndarray:
+  """Balance-heuristic weights p / sum_j pi_j q_j, (N,), from t = tr(Sigma^-1 S) (NumPy):
+  log(q_j / p) = -(nd/2) log s_j + (n/2)(1 - 1/s_j) t."""
   s_J = np.asarray(proposal.scales)
-  const_J = xp.asarray(-(n * d / 2.0) * np.log(s_J) + np.log(np.asarray(proposal.weights)),
-                       dtype=t_S.dtype)
-  slope_J = xp.asarray((n / 2.0) * (1.0 - 1.0 / s_J), dtype=t_S.dtype)
-  log_q_SxJ = const_J[None, :] + slope_J[None, :] * t_S[:, None]
-  top_S = xp.max(log_q_SxJ, axis=1)
-  return xp.exp(-top_S - xp.log(xp.sum(xp.exp(log_q_SxJ - top_S[:, None]), axis=1)))
+  log_q_SxJ = ((-(n * d / 2.0) * np.log(s_J) + np.log(np.asarray(proposal.weights)))[None, :]
+               + ((n / 2.0) * (1.0 - 1.0 / s_J))[None, :] * np.asarray(t_S)[:, None])
+  top_S = np.max(log_q_SxJ, axis=1)
+  return np.exp(-top_S - np.log(np.sum(np.exp(log_q_SxJ - top_S[:, None]), axis=1)))
 
 
 def _check_task(task: tasks_lib.TaskDistribution, proposal: Proposal) -> None:
@@ -145,28 +142,43 @@ def _check_task(task: tasks_lib.TaskDistribution, proposal: Proposal) -> None:
                      f"density ratio is Gaussian), got {task.design!r}; use the plain proposal")
 
 
-@functools.partial(jax.jit, static_argnames=("num", "proposal"))
 def sample(key: jax.Array, task: tasks_lib.TaskDistribution, num: int,
            proposal: Proposal = PLAIN) -> WeightedS:
-  """Draws ``num`` weighted samples of S from ``proposal`` (plain: weights 1)."""
+  """Draws ``num`` weighted samples of S from ``proposal`` (plain: weights 1).
+
+  The plain draw (``tasks.sample_empirical_covariance``, ~1.5-2 s to compile: its chi-square
+  rejection loop) is compiled once per ``num`` whatever the proposal; the proposal enters as
+  arrays in :func:`reweight`'s small program.
+  """
   return reweight(tasks_lib.sample_empirical_covariance(key, task, num), task, proposal)
+
+
+@jax.jit
+def _scaled_and_weighted(s_SxDxD, cov, scale_S, const_J, slope_J):
+  s_SxDxD = s_SxDxD * scale_S[:, None, None]
+  t_S = jnp.einsum("ij,bji->b", jnp.linalg.inv(cov), s_SxDxD)
+  log_q_SxJ = const_J[None, :] + slope_J[None, :] * t_S[:, None]
+  return s_SxDxD, jnp.exp(-jax.scipy.special.logsumexp(log_q_SxJ, axis=1))
 
 
 def reweight(s_SxDxD: jax.Array, task: tasks_lib.TaskDistribution,
              proposal: Proposal = PLAIN) -> WeightedS:
   """Turns plain samples of S (drawn from the task's law) into samples from ``proposal``: sample
-  i is scaled by its component's s_j (X with covariance s_j Sigma) and weighted."""
+  i is scaled by its component's s_j (X with covariance s_j Sigma) and weighted by the balance
+  heuristic (:func:`mixture_weights`)."""
   _check_task(task, proposal)
-  num = s_SxDxD.shape[0]
+  num, dtype = s_SxDxD.shape[0], s_SxDxD.dtype
   components = allocation(num, proposal)
   if proposal.is_plain:
-    return WeightedS(s=s_SxDxD, weight=jnp.ones((num,), s_SxDxD.dtype),
+    return WeightedS(s=s_SxDxD, weight=jnp.ones((num,), dtype),
                      component=jnp.asarray(components))
-  scale_S = jnp.asarray(np.asarray(proposal.scales)[components], s_SxDxD.dtype)
-  s_SxDxD = s_SxDxD * scale_S[:, None, None]
-  t_S = jnp.einsum("ij,bji->b", jnp.linalg.inv(task.cov), s_SxDxD)
-  return WeightedS(s=s_SxDxD, weight=mixture_weights(t_S, task.n, task.d, proposal),
-                   component=jnp.asarray(components))
+  n, d, s_J = task.n, task.d, np.asarray(proposal.scales)
+  const_J = -(n * d / 2.0) * np.log(s_J) + np.log(np.asarray(proposal.weights))
+  slope_J = (n / 2.0) * (1.0 - 1.0 / s_J)
+  s_SxDxD, weight_S = _scaled_and_weighted(
+      s_SxDxD, task.cov, jnp.asarray(s_J[components], dtype), jnp.asarray(const_J, dtype),
+      jnp.asarray(slope_J, dtype))
+  return WeightedS(s=s_SxDxD, weight=weight_S, component=jnp.asarray(components))
 
 
 def weighted_mean(values_S, weighted: WeightedS) -> jax.Array:
@@ -301,7 +313,7 @@ def candidate_variances(f_S, pilot: WeightedS, n: int, d: int, t_S,
   mean = np.mean(w_pilot * f_S)
   out = []
   for proposal in proposals:
-    w_q = mixture_weights(np.asarray(t_S, np.float64), n, d, proposal, xp=np)
+    w_q = mixture_weights(np.asarray(t_S, np.float64), n, d, proposal)
     out.append(np.mean(w_pilot * w_q * f_S**2) - mean**2)
   return np.asarray(out)
 

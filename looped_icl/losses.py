@@ -120,7 +120,10 @@ def population_loss(params, cfg: models.ModelConfig, task: tasks_lib.TaskDistrib
   return losses if all_layers else losses[-1]
 
 
-_samples_fn = jax.jit(population_loss_samples, static_argnames=("cfg", "num_loops"))
+# population_loss_samples compiled once per model config and shape (eager, its custom VJP runs
+# op by op: every small op a compile of its own).
+jit_population_loss_samples = jax.jit(population_loss_samples,
+                                      static_argnames=("cfg", "num_loops"))
 
 
 def choose_proposal(params, cfg: models.ModelConfig, task: tasks_lib.TaskDistribution,
@@ -129,7 +132,7 @@ def choose_proposal(params, cfg: models.ModelConfig, task: tasks_lib.TaskDistrib
   """(proposal, info) of least measured variance for this model's per-S loss at ``layer``
   (:func:`estimators.choose_proposal`)."""
   return estimators.choose_proposal(
-      lambda s: _samples_fn(params, cfg, task, s, num_loops=num_loops)[:, layer], key, task,
+      lambda s: jit_population_loss_samples(params, cfg, task, s, num_loops=num_loops)[:, layer], key, task,
       pilot_samples=pilot_samples)
 
 
@@ -140,7 +143,8 @@ def estimate_population_loss(params, cfg: models.ModelConfig, task: tasks_lib.Ta
   """The population loss of one model with its standard error and tail diagnostics.
 
   The proposal is chosen for this model's per-S loss at ``layer`` (default: the last of
-  ``num_loops``) on a pilot sample (``fold_in(key, 0)``; :func:`estimators.choose_proposal`)
+  ``num_loops``) on a pilot sample (``fold_in(key, 0)``, default min(N, max(10^4, N / 5)) draws;
+  :func:`estimators.choose_proposal`)
   unless given, then ``num_samples`` fresh weighted samples are drawn (``fold_in(key, 1)``).
 
   Returns:
@@ -148,12 +152,13 @@ def estimate_population_loss(params, cfg: models.ModelConfig, task: tasks_lib.Ta
     plus the proposal, its measured variance reduction, and per-layer ``values`` / ``stderrs``;
     the WeightedS and the unweighted per-sample losses (S, L), for paired comparisons.
   """
-  per_sample = lambda s: _samples_fn(params, cfg, task, s, num_loops=num_loops)
+  per_sample = lambda s: jit_population_loss_samples(params, cfg, task, s, num_loops=num_loops)
   num_layers = cfg.num_layers if num_loops is None else num_loops
   layer = num_layers - 1 if layer is None else layer
   if proposal is None:
     proposal, info = choose_proposal(params, cfg, task, jax.random.fold_in(key, 0),
-                                     pilot_samples or max(10000, num_samples // 5),
+                                     pilot_samples or min(num_samples,
+                                                          max(10000, num_samples // 5)),
                                      num_loops=num_loops, layer=layer)
   else:
     info = {"proposal": proposal.describe(), "proposal_scales": list(proposal.scales),

@@ -170,8 +170,7 @@ def solve_population_optimum(exp: config_lib.Experiment, key: jax.Array | None =
                       max_iters=max(25, sc.max_iters // 4))
       # 2. The proposal for the best restart; re-fit every restart, warm, on a fresh sample.
       best_first = min(runs, key=lambda res: res.fun).params
-      proposal, _ = losses.choose_proposal(best_first, model, task, keys[1],
-                                           max(10000, sc.samples))
+      proposal, _ = losses.choose_proposal(best_first, model, task, keys[1], sc.samples)
       s_fit = estimators.sample(keys[2], task, sc.samples, proposal)
       # Restarts heading to the same minimum are polished once.
       distinct = []
@@ -185,15 +184,17 @@ def solve_population_optimum(exp: config_lib.Experiment, key: jax.Array | None =
                       max_iters=sc.max_iters)
     # 3. Choose the restart on an independent sample.
     s_select = estimators.sample(keys[3], task, sc.samples, proposal)
-    select = [float(losses.population_loss(res.params, model, task, s_select)) for res in runs]
+    last_layer = lambda params, samples: np.asarray(
+        losses.jit_population_loss_samples(params, model, task, samples))[:, -1]
+    select = [float(np.mean(np.asarray(s_select.weight) * last_layer(res.params, s_select)))
+              for res in runs]
     best_index = int(np.argmin(select))
     params = runs[best_index].params
     # 4. Held out.
     held_out, s_test, values_SxL = losses.estimate_population_loss(
         params, model, task, keys[4], sc.test_samples, proposal=proposal)
     per_sample = values_SxL[:, -1]
-    fit_estimate = estimators.estimate(
-        np.asarray(losses.population_loss_samples(params, model, task, s_fit))[:, -1], s_fit)
+    fit_estimate = estimators.estimate(last_layer(params, s_fit), s_fit)
     gap_stderr = float(np.hypot(fit_estimate["stderr"], held_out["stderr"]))
     if held_out["warning"]:
       logging.warning("solver held-out loss %s", estimators.format_estimate(held_out))
@@ -226,8 +227,7 @@ def solve_population_optimum(exp: config_lib.Experiment, key: jax.Array | None =
     }
     if trained_params is not None:
       trained = jax.tree.map(lambda x: jnp.asarray(np.asarray(x), jnp.float64), trained_params)
-      trained_loss = np.asarray(losses.population_loss_samples(trained, model, task, s_test),
-                                np.float64)[:, -1]
+      trained_loss = last_layer(trained, s_test)
       trained_estimate = estimators.estimate(trained_loss, s_test)
       diff = estimators.estimate(trained_loss - per_sample, s_test)
       result["trained_model"] = {
