@@ -109,6 +109,7 @@ class Series:
   x: Sequence[float]
   y: Sequence[float]
   style: str = "o-"
+  yerr: Sequence[float] | None = None   # standard errors, drawn as error bars
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,7 +129,12 @@ def line_figure(ctx: Context, filename: str, panels: Sequence[Panel], suptitle: 
   fig, axes = plotting.new_figure(1, len(panels), figsize=(5.2 * len(panels), 4))
   for ax, panel in zip(axes[0], panels):
     for s in panel.series:
-      ax.plot(np.asarray(s.x, float), np.asarray(s.y, float), s.style, label=s.label, ms=4)
+      line, = ax.plot(np.asarray(s.x, float), np.asarray(s.y, float), s.style, label=s.label,
+                      ms=4)
+      if s.yerr is not None:
+        ax.errorbar(np.asarray(s.x, float), np.asarray(s.y, float),
+                    yerr=np.asarray(s.yerr, float), fmt="none", ecolor=line.get_color(),
+                    capsize=3)
     for i, (label, value) in enumerate(panel.hlines.items()):
       ax.axhline(value, ls="--", lw=1, color=f"C{(i + len(panel.series)) % 10}", label=label)
     ax.set_xscale("log" if panel.logx else "linear")

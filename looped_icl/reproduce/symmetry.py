@@ -185,8 +185,9 @@ def _figure(ctx: common.Context, rows: list[dict], settings: Settings) -> str:
     out = []
     for ratio in settings.n_over_d:
       sub = [r for r in rows if r["n_over_d"] == ratio]
+      yerr = [r[f"{column}_se"] for r in sub] if f"{column}_se" in sub[0] else None
       out.append(common.Series(f"n/d = {ratio}", [r["num_loops"] for r in sub],
-                               [r[column] for r in sub]))
+                               [r[column] for r in sub], yerr=yerr))
     return out
 
   panels = [
