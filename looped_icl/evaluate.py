@@ -65,7 +65,6 @@ def summarize(params, exp: config_lib.Experiment, key: jax.Array) -> dict:
       "covariance": np.asarray(task.cov).tolist(),
       "loss_vs_loops": sq_err_BxL.mean(axis=0).tolist(),
   }
-  s_samples = None
   if model.parametrization in losses.POPULATION_FAMILIES and model.activation == "linear":
     report, s_samples, _ = losses.estimate_population_loss(
         params, model, task, k_s, tc.eval_population_samples, num_loops=num_loops,

@@ -8,9 +8,10 @@ e_l = w_l - w* = M_l w* + N_l xi, xi = X^T eps / n, S = X^T X / n:
   N_{l+1} = (I - eta_l A_l^T S) N_l + eta_l A_l^T.
 The expectation over w* ~ N(0, Sigma_w), x_q ~ (0, Sigma), eps ~ N(0, sigma^2) is exact:
   f = E_S[ tr(Sigma M_L Sigma_w M_L^T) + sigma^2 / n tr(Sigma N_L S N_L^T) ] + sigma^2,
-and only S is sampled (plainly, or with importance weights: :mod:`looped_icl.estimators`). GD++ is preconditioned GD with the S-dependent preconditioner
-A~_l = C_l^T A_l C_l, C_0 = I, C_{l+1} = (I - eta_l B_l C_l S C_l^T A_l) C_l (the running
-covariate transform), so the same formula applies.
+and only S is sampled (plainly, or with importance weights: :mod:`looped_icl.estimators`). GD++
+is preconditioned GD with the S-dependent preconditioner A~_l = C_l^T A_l C_l, C_0 = I,
+C_{l+1} = (I - eta_l B_l C_l S C_l^T A_l) C_l (the running covariate transform), so the same
+formula applies.
 """
 
 from __future__ import annotations
@@ -87,8 +88,8 @@ def population_loss_samples(params, cfg: models.ModelConfig, task: tasks_lib.Tas
 
   ``samples``: S, (S, d, d), or :class:`~looped_icl.estimators.WeightedS` (its ``s``). The
   population loss is the mean of weight * value (:func:`looped_icl.estimators.estimate` gives it
-  with its standard error and tail diagnostics). Computed batch-last ((d, d, S); see :mod:`linalg`) with a
-  hand-written reverse mode (:mod:`looped_icl.population_forward`).
+  with its standard error and tail diagnostics). Computed batch-last ((d, d, S); see
+  :mod:`linalg`) with a hand-written reverse mode (:mod:`looped_icl.population_forward`).
   """
   if task.random_cov_kappa is not None:
     raise ValueError("task.random_cov_kappa must be None for the population loss (one Sigma)")
@@ -132,8 +133,8 @@ def choose_proposal(params, cfg: models.ModelConfig, task: tasks_lib.TaskDistrib
   """(proposal, info) of least measured variance for this model's per-S loss at ``layer``
   (:func:`estimators.choose_proposal`)."""
   return estimators.choose_proposal(
-      lambda s: jit_population_loss_samples(params, cfg, task, s, num_loops=num_loops)[:, layer], key, task,
-      pilot_samples=pilot_samples)
+      lambda s: jit_population_loss_samples(params, cfg, task, s, num_loops=num_loops)[:, layer],
+      key, task, pilot_samples=pilot_samples)
 
 
 def estimate_population_loss(params, cfg: models.ModelConfig, task: tasks_lib.TaskDistribution,
@@ -144,8 +145,8 @@ def estimate_population_loss(params, cfg: models.ModelConfig, task: tasks_lib.Ta
 
   The proposal is chosen for this model's per-S loss at ``layer`` (default: the last of
   ``num_loops``) on a pilot sample (``fold_in(key, 0)``, default min(N, max(10^4, N / 5)) draws;
-  :func:`estimators.choose_proposal`)
-  unless given, then ``num_samples`` fresh weighted samples are drawn (``fold_in(key, 1)``).
+  :func:`estimators.choose_proposal`) unless given, then ``num_samples`` fresh weighted samples
+  are drawn (``fold_in(key, 1)``).
 
   Returns:
     (report, samples, values_SxL): report = the :func:`estimators.estimate` dict of ``layer``

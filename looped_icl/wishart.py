@@ -2,8 +2,8 @@
 
 **Moments.** For W ~ Wishart_d(n, I) (W = X^T X, X an n x d matrix of i.i.d. N(0, 1), any n >= 1)
 write p_lambda(W) = prod_j tr(W^lambda_j) for a multiset lambda of positive integers. Gaussian
-integration by parts, E[X_ai F(X)] = E[dF / dX_ai], applied to tr(W^k) G = sum_ai X_ai (X W^(k-1))_ai G
-with G = p_mu(W) gives the closed recursion (tr W^0 = d)
+integration by parts, E[X_ai F(X)] = E[dF / dX_ai], applied to
+tr(W^k) G = sum_ai X_ai (X W^(k-1))_ai G with G = p_mu(W) gives the closed recursion (tr W^0 = d)
 
   E[tr(W^k) p_mu] = (n + k - 1) E[tr(W^(k-1)) p_mu]
                     + sum_{r=0}^{k-2} E[tr(W^(r+1)) tr(W^(k-2-r)) p_mu]
