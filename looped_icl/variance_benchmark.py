@@ -6,7 +6,8 @@ w* ~ N(0, I)): the exact per-sample variance of plain sampling
 (:func:`wishart.isotropic_loss_variance`) against the measured per-sample variance of the
 chosen proposal (mean over seeds of its stratified standard error^2 x N), the cost per sample
 of each (sampling + the per-S loss, timed after compilation), and their product: the variance
-reduction at equal wall time. Also the coverage of |z| <= 2 against the exact loss over the seeds, for both estimators.
+reduction at equal wall time. Also the coverage of |z| <= 2 against the exact loss over the
+seeds, for both estimators.
 """
 
 from __future__ import annotations
