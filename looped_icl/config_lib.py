@@ -1,6 +1,6 @@
 """Configs are data: the ConfigDict schema, and its conversion into typed objects.
 
-Every experiment config (``configs/*.py``) starts from :func:`base_config` and overrides fields.
+Every experiment config (``looped_icl/configs/*.py``) starts from :func:`base_config` and overrides fields.
 :func:`from_config` validates everything at once and returns an :class:`Experiment` of typed
 dataclasses; library code never reads a ConfigDict. A bad field raises ``ValueError`` whose
 message starts with the field's dotted path, e.g. ``task.n must be an integer >= 1, got 0``.
@@ -12,10 +12,12 @@ import contextlib
 import dataclasses
 import importlib.util
 import os
+import pkgutil
 
 import ml_collections
 import numpy as np
 
+from looped_icl import configs as configs_pkg
 from looped_icl import covariance
 from looped_icl import models
 from looped_icl import tasks
@@ -332,14 +334,31 @@ def from_config(config: ml_collections.ConfigDict) -> Experiment:
   return Experiment(seed=seed, task=task, model=model, train=train, solver=solver)
 
 
+def config_names() -> list[str]:
+  """The names of the configs shipped in :mod:`looped_icl.configs` (``default``, ...)."""
+  return sorted(m.name for m in pkgutil.iter_modules(configs_pkg.__path__))
+
+
+def resolve(spec: str) -> str:
+  """``"NAME[:ARG]"`` or ``"path/to/config.py[:ARG]"`` -> ``"/abs/path.py[:ARG]"``.
+
+  A name is a module of :mod:`looped_icl.configs` (found in the installed package, from any
+  directory); anything ending in ``.py`` is a path. Raises ValueError naming the spec otherwise.
+  """
+  path, sep, arg = spec.partition(":")
+  if path.endswith(".py"):
+    if not os.path.exists(path):
+      raise ValueError(f"config file {path!r} does not exist")
+    return os.path.abspath(path) + sep + arg
+  if path not in config_names():
+    raise ValueError(f"config {path!r} is neither a config name ({', '.join(config_names())}) "
+                     f"nor a .py file")
+  return os.path.join(os.path.dirname(configs_pkg.__file__), f"{path}.py") + sep + arg
+
+
 def load_module(spec: str):
-  """(module, arg) of ``"path/to/config.py[:ARG]"`` or ``"NAME[:ARG]"`` (configs/NAME.py)."""
-  path, _, arg = spec.partition(":")
-  if not path.endswith(".py"):
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    path = os.path.join(repo, "configs", f"{path}.py")
-  if not os.path.exists(path):
-    raise ValueError(f"config file {path!r} does not exist")
+  """(module, arg) of ``"NAME[:ARG]"`` or ``"path/to/config.py[:ARG]"`` (see :func:`resolve`)."""
+  path, _, arg = resolve(spec).partition(":")
   module_spec = importlib.util.spec_from_file_location(
       f"looped_icl_config_{os.path.basename(path)[:-3]}", path)
   module = importlib.util.module_from_spec(module_spec)
@@ -348,9 +367,9 @@ def load_module(spec: str):
 
 
 def load(spec: str) -> ml_collections.ConfigDict:
-  """Loads ``"path/to/config.py[:ARG]"`` (a name like ``"default:quick"`` means configs/NAME.py).
+  """Loads ``"NAME[:ARG]"`` (e.g. ``"default:quick"``) or ``"path/to/config.py[:ARG]"``.
 
-  The same files the CLIs take, for notebooks and tests: ``load("default:quick")``.
+  The same specs the ``looped-icl`` command takes, for notebooks and tests.
   """
   module, arg = load_module(spec)
   return module.get_config(arg)

@@ -8,7 +8,7 @@ A config module exposes its grid next to ``get_config``::
 
 Each point is a dict of dotted config fields -> values (:func:`axis`, :func:`product`,
 :func:`zipped`, :func:`chain` build them). :func:`run` trains every point of the grid in
-``WORKDIR/points/NAME`` with the usual workdir contract (``launch.train``'s: config.json,
+``WORKDIR/points/NAME`` with the usual workdir contract (``looped-icl train``'s: config.json,
 metrics.jsonl, checkpoints, summary.json, figures), then writes ``WORKDIR/sweep.csv`` (one row
 per point: its fields and summary metrics) and ``WORKDIR/sweep.png``.
 
@@ -115,7 +115,7 @@ def _fmt(value) -> str:
 
 
 def load(spec: str) -> tuple[ml_collections.ConfigDict, list[dict]]:
-  """(base config, grid points) of ``"configs/NAME.py[:ARG]"``; the module needs get_sweep."""
+  """(base config, grid points) of ``"NAME[:ARG]"`` or a path; the module needs get_sweep."""
   module, arg = config_lib.load_module(spec)
   if not hasattr(module, "get_sweep"):
     raise ValueError(f"config {spec!r} has no get_sweep(arg): it declares no sweep")

@@ -6,8 +6,8 @@ import pytest
 
 from looped_icl import config_lib
 
-CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
-CONFIG_NAMES = sorted(p.stem for p in CONFIG_DIR.glob("*.py"))
+CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "looped_icl" / "configs"
+CONFIG_NAMES = config_lib.config_names()
 
 
 def load_config(name: str, arg: str = ""):
@@ -24,7 +24,7 @@ def test_every_config_validates(name, arg):
 def test_configs_have_run_command_and_expectation():
   for name in CONFIG_NAMES:
     doc = (CONFIG_DIR / f"{name}.py").read_text()
-    assert f"--config=configs/{name}.py" in doc, name
+    assert f"--config={name}" in doc, name
     assert "Expected" in doc, name
 
 
@@ -144,5 +144,7 @@ def test_load_accepts_paths_and_names():
   by_path = config_lib.load(str(CONFIG_DIR / "default.py") + ":quick")
   assert by_name.to_dict() == by_path.to_dict()
   assert by_name.train.steps < config_lib.load("default").train.steps
-  with pytest.raises(ValueError, match="config file"):
+  with pytest.raises(ValueError, match="^config 'no_such_config' is neither a config name"):
     config_lib.load("no_such_config")
+  with pytest.raises(ValueError, match="^config file 'no/such.py' does not exist"):
+    config_lib.load("no/such.py:quick")

@@ -1,4 +1,4 @@
-"""Executes launch/colab.ipynb top to bottom, as on Colab, and checks the numbers it reports.
+"""Executes notebooks/colab.ipynb top to bottom, as on Colab, and checks the numbers it reports.
 
 The notebook runs in a fresh ipykernel started with this interpreter (``sys.executable``, via a
 kernelspec written into tmp_path, so no installed ``python3`` kernelspec of another environment
@@ -16,7 +16,7 @@ import nbformat
 import numpy as np
 import pytest
 
-NOTEBOOK = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "launch",
+NOTEBOOK = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "notebooks",
                         "colab.ipynb")
 KERNEL_NAME = "looped-icl-notebook-test"
 CELL_TIMEOUT_S = 600

@@ -25,7 +25,7 @@ def test_every_experiment_has_a_documented_run(name):
 def test_unknown_experiment_is_a_clear_error(tmp_path):
   with pytest.raises(ValueError, match="^experiment must be one of"):
     reproduce.run("ahn_fig3", str(tmp_path))
-  proc = subprocess.run([sys.executable, "-m", "launch.reproduce", "--experiment=nope",
+  proc = subprocess.run([sys.executable, "-m", "looped_icl.cli", "reproduce", "--experiment=nope",
                          f"--workdir={tmp_path}"], cwd=REPO, capture_output=True, text=True,
                         timeout=120)
   assert proc.returncode == 2

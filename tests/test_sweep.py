@@ -196,10 +196,10 @@ def test_a_group_must_share_its_program(tmp_path):
 
 def test_cli_without_a_grid_is_one_line_exit_2(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  out = subprocess.run([sys.executable, "-m", "launch.sweep", "--config=configs/default.py:quick",
+  out = subprocess.run([sys.executable, "-m", "looped_icl.cli", "sweep", "--config=default:quick",
                         f"--workdir={tmp_path}"], cwd=REPO, env=env, capture_output=True,
                        text=True, timeout=300, check=False)
   assert out.returncode == 2
-  assert out.stderr.strip().splitlines()[-1].startswith("error: config 'configs/default.py:quick' "
+  assert out.stderr.strip().splitlines()[-1].startswith("error: config 'default:quick' "
                                                         "has no get_sweep(arg)")
   assert "Traceback" not in out.stderr

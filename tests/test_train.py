@@ -145,23 +145,23 @@ def test_resuming_with_another_optimizer_is_a_clear_error(tmp_path):
 
 def _cli(*args):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, "-m", "launch.train", *args], cwd=REPO, env=env,
+  return subprocess.run([sys.executable, "-m", "looped_icl.cli", "train", *args], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=300, check=False)
 
 
 def test_cli_invalid_override_is_one_line_exit_2(tmp_path):
-  out = _cli("--config=configs/default.py:quick", f"--workdir={tmp_path}",
+  out = _cli("--config=default:quick", f"--workdir={tmp_path}",
              "--config.task.n=0")
   assert out.returncode == 2
   assert out.stderr.strip().splitlines()[-1] == "error: task.n must be an integer >= 1, got 0"
   assert "Traceback" not in out.stderr
-  out = _cli("--config=configs/default.py:quick", f"--workdir={tmp_path}", "--config.task.m=1")
+  out = _cli("--config=default:quick", f"--workdir={tmp_path}", "--config.task.m=1")
   assert out.returncode == 2 and "unknown config field 'm'" in out.stderr
   assert "Traceback" not in out.stderr
 
 
 def test_cli_divergence_exits_3_with_the_step(tmp_path):
-  out = _cli("--config=configs/default.py:quick", f"--workdir={tmp_path}",
+  out = _cli("--config=default:quick", f"--workdir={tmp_path}",
              "--config.train.learning_rate=1e8", "--config.train.steps=50",
              "--config.train.schedule=constant")
   assert out.returncode == 3

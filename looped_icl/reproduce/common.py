@@ -1,7 +1,7 @@
 """What every reproduction shares: sub-runs through the library, CSV/JSON tables, line figures.
 
 A reproduction is a function ``run(ctx) -> dict`` (see :mod:`looped_icl.reproduce`). It trains and
-solves through the same library functions as ``launch.train`` / ``launch.solve``
+solves through the same library functions as ``looped-icl train`` / ``looped-icl solve``
 (:func:`train_run`, :func:`solve_run`), each sub-run in ``ctx.workdir/runs/NAME`` with the usual
 workdir contract (so an interrupted reproduction resumes, and a finished sub-run is reused), and
 writes its tables (``*.csv``), figures (``*.png``) and headline numbers (``results.json``) to
@@ -41,7 +41,7 @@ class Context:
 
 
 def load_config(name: str, ctx: Context, arg: str = "") -> ml_collections.ConfigDict:
-  """``configs/NAME.py`` with ``arg`` (and ``quick`` added for a quick reproduction)."""
+  """The config NAME with ``arg`` (and ``quick`` added for a quick reproduction)."""
   args = [a for a in (arg, "quick" if ctx.quick else "") if a]
   return config_lib.load(f"{name}:{','.join(args)}" if args else name)
 

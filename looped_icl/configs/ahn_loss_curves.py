@@ -10,14 +10,14 @@ also a plain training config (n = 20, L = 3).
 
 Why many small steps: the loss is a polynomial in A_l whose curvature along Sigma^{-1}'s top
 direction is ~kappa^2 = 256 times flatter than along the others (see
-configs/ahn_single_layer.py), so Adam needs 10^4 steps to pin it; the per-sample loss is
+the ahn_single_layer config), so Adam needs 10^4 steps to pin it; the per-sample loss is
 heavy-tailed (S nearly singular, or with a large eigenvalue, at small n), which the per-matrix
 clip tames. Quick (10k steps of 32 samples): within 2% of the optimum for L <= 3, 3.6% at L = 4.
 
 Run:
-  python -m launch.train --config=configs/ahn_loss_curves.py --workdir=/tmp/looped_icl/ahn_curves
-  python -m launch.reproduce --experiment=ahn_loss_vs_n --workdir=/tmp/looped_icl/ahn_vs_n
-  python -m launch.reproduce --experiment=ahn_loss_vs_L --workdir=/tmp/looped_icl/ahn_vs_L
+  looped-icl train --config=ahn_loss_curves --workdir=/tmp/looped_icl/ahn_curves
+  looped-icl reproduce --experiment=ahn_loss_vs_n --workdir=/tmp/looped_icl/ahn_vs_n
+  looped-icl reproduce --experiment=ahn_loss_vs_L --workdir=/tmp/looped_icl/ahn_vs_L
 Expected (n = 20, L = 3): population loss ~0.137, the optimum of the family (A_l = c_l Sigma^-1,
 c ~ (0.43, 0.70, 1.73) sorted; Ahn et al. report (0.42, 0.69, 1.71)); 3-step PGD with
 A = Sigma^{-1} ~0.28 and 3-step GD ~1.40 at their best steps.

@@ -3,11 +3,11 @@ r"""Gatmiry et al. 2024, out of distribution: a looped model trained on random c
 Every training task draws its own Sigma (random rotation, log-uniform spectrum with condition
 number 10); the looped preconditioner model (L = 4, d = 5, n = 20, w* ~ N(0, I)) is trained on
 Monte Carlo tasks and evaluated on a fixed condition-10 Sigma it never saw, against GD, PGD,
-OLS and ridge on the same tasks. ``python -m launch.reproduce --experiment=gatmiry_ood`` trains
+OLS and ridge on the same tasks. ``looped-icl reproduce --experiment=gatmiry_ood`` trains
 it next to the same model on one fixed Sigma and evaluates both across covariances.
 
 Run:
-  python -m launch.train --config=configs/gatmiry_ood.py --workdir=/tmp/looped_icl/ood
+  looped-icl train --config=gatmiry_ood --workdir=/tmp/looped_icl/ood
 Expected: the learned preconditioner is close to a multiple of I (no single Sigma to adapt to;
 measured Dist(A, I) = 0.026, A ~ 0.88 I); on the test Sigma it is close to 4-step GD with the
 step tuned for that Sigma (summary.json, Monte Carlo: 0.209 vs 0.199; the exact paired ratio is

@@ -1,4 +1,4 @@
-r"""Reproduce a paper experiment: ``python -m launch.reproduce --experiment=NAME --workdir=DIR``.
+r"""``looped-icl reproduce --experiment=NAME --workdir=DIR [--quick]``: one paper experiment.
 
 ``--quick`` runs the <= 2 minute version (same qualitative outcome). Writes DIR/*.csv (the
 numbers), DIR/*.png (the figures), DIR/results.json (paper vs toolkit) and DIR/runs/* (the
@@ -11,7 +11,7 @@ import json
 from absl import flags
 from absl import logging
 
-from launch import cli
+from looped_icl.cli import common as cli
 from looped_icl import reproduce
 
 _EXPERIMENT = flags.DEFINE_enum("experiment", None, sorted(reproduce.EXPERIMENTS),
@@ -32,5 +32,5 @@ def main(argv):
   cli.run_or_exit(go)
 
 
-if __name__ == "__main__":
-  cli.run(main)
+def run(argv: list[str]) -> None:
+  cli.run(main, argv, __doc__)

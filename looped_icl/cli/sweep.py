@@ -1,6 +1,6 @@
-r"""Run a config's sweep: ``python -m launch.sweep --config=configs/NAME.py[:ARG] --workdir=DIR``.
+r"""``looped-icl sweep --config=NAME[:ARG] --workdir=DIR``: run a config's grid (``get_sweep``).
 
-Every grid point trains in ``DIR/points/NAME`` (the launch.train workdir contract); points that
+Every grid point trains in ``DIR/points/NAME`` (the train workdir contract); points that
 share shapes are vmapped into one program; ``DIR/sweep.csv`` and ``DIR/sweep.png`` summarise.
 Rerunning skips finished points and resumes interrupted ones. ``--novmap`` trains one point at a
 time. Exit codes: 0 ok, 2 invalid config or grid.
@@ -8,7 +8,7 @@ time. Exit codes: 0 ok, 2 invalid config or grid.
 
 from absl import flags
 
-from launch import cli
+from looped_icl.cli import common as cli
 from looped_icl import sweep
 
 _CONFIG = flags.DEFINE_string("config", None, "Config file with get_sweep, [:ARG] optional.")
@@ -24,5 +24,5 @@ def main(argv):
   cli.run_or_exit(lambda: sweep.run(_CONFIG.value, _WORKDIR.value, vmap=_VMAP.value))
 
 
-if __name__ == "__main__":
-  cli.run(main)
+def run(argv: list[str]) -> None:
+  cli.run(main, argv, __doc__)

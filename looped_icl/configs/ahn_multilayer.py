@@ -14,14 +14,14 @@ Quick variant: the exact Rao-Blackwellised population objective (same model and 
 sampled, 256 per step), 1000 steps of the same optimizer: seconds, and the same c_i to ~1%.
 
 Run:
-  python -m launch.train --config=configs/ahn_multilayer.py --workdir=/tmp/looped_icl/ahn3
-  python -m launch.solve --config=configs/ahn_multilayer.py --workdir=/tmp/looped_icl/ahn3
+  looped-icl train --config=ahn_multilayer --workdir=/tmp/looped_icl/ahn3
+  looped-icl solve --config=ahn_multilayer --workdir=/tmp/looped_icl/ahn3
 Expected: dist_to_identity_whitened of every layer near 0 (Sigma^{1/2} A_i Sigma^{1/2} ~ c_i I),
 with c_i equal to the solver's and to the paper's (0.69, 0.42, 1.71) up to the order of the
 layers (the loss at c_i I is symmetric in the c_i); paired loss ratio to the optimum near 1.
 Measured (full run, 2 CPU cores): trained c = (0.692, 0.425, 1.718) vs solver (0.686, 0.419,
 1.708), whitened Dist <= 0.02, paired loss ratio to the optimum 1.001 +- 0.003 (quick: c within 2%
-of the quick solver's). Reproduction with figures: launch.reproduce --experiment=ahn_fig1_2.
+of the quick solver's). Reproduction with figures: looped-icl reproduce --experiment=ahn_fig1_2.
 """
 
 from looped_icl import config_lib

@@ -1,4 +1,4 @@
-r"""Training-step benchmark: ``python -m launch.benchmark [--workload=NAME] [--json=FILE]``.
+r"""``looped-icl benchmark [--workload=NAME] [--json=FILE]``: training-step speed.
 
 Times full training steps (sampling + forward + backward + Adam) after compilation and warm-up,
 median of repeats, and prints steps/s, tasks/s, XLA GFLOP/s and % of this machine's measured
@@ -9,10 +9,9 @@ float32 matmul peak. ``--forwards=gram,tokens`` also times the token-space refer
 
 import json
 
-from absl import app
 from absl import flags
 
-from launch import cli
+from looped_icl.cli import common as cli
 from looped_icl import benchmark
 from looped_icl import variance_benchmark
 
@@ -46,5 +45,5 @@ def main(argv):
   cli.run_or_exit(go)
 
 
-if __name__ == "__main__":
-  cli.run(main)
+def run(argv: list[str]) -> None:
+  cli.run(main, argv, __doc__)

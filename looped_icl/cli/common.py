@@ -1,4 +1,4 @@
-"""Shared CLI plumbing: one-line errors and exit codes instead of tracebacks."""
+"""What every ``looped-icl`` subcommand shares: config specs by name, one-line errors, exit codes."""
 
 import sys
 
@@ -7,6 +7,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from looped_icl import config_lib
 from looped_icl import sharding
 from looped_icl import train
 
@@ -36,12 +37,33 @@ class _QuietLibraries:
     return record.levelno >= 30 or not noisy
 
 
-def run(main) -> None:
-  def quiet_main(argv):
-    logging.get_absl_handler().addFilter(_QuietLibraries())
-    return main(argv)
+def _resolve_config_flag(arg: str) -> str:
+  """``--config=NAME[:ARG]`` -> ``--config=/path/of/NAME.py[:ARG]`` (config_flags takes paths)."""
+  if not arg.startswith("--config="):
+    return arg
+  try:
+    return "--config=" + config_lib.resolve(arg[len("--config="):])
+  except ValueError as e:
+    sys.stderr.write(f"error: {e}\n")
+    sys.exit(EXIT_INVALID)
 
-  app.run(quiet_main, flags_parser=_flags_parser)
+
+def run(main, argv: list[str], doc: str, *, config_file_flag: bool = False) -> None:
+  """Parses ``argv`` (program name first) and runs ``main`` under absl, quietly; ``doc`` is
+  what ``--help`` prints above the flags (absl reads it from ``__main__``).
+
+  ``config_file_flag``: ``--config`` is a ml_collections config-file flag (it takes a path, so a
+  config name is resolved to its file first).
+  """
+  if config_file_flag:
+    argv = [_resolve_config_flag(a) for a in argv]
+  sys.argv[:] = argv
+  sys.modules["__main__"].__doc__ = doc
+  def quiet_main(args):
+    logging.get_absl_handler().addFilter(_QuietLibraries())
+    return main(args)
+
+  app.run(quiet_main, argv=argv, flags_parser=_flags_parser)
 
 
 def run_or_exit(fn) -> None:

@@ -6,11 +6,11 @@ w* ~ N(0, I), exact population objective. At n/d = 2 the 10-step loss is dominat
 a large lambda_max (one sample in 4096 carried 40x the mean), so n/d = 4 is the default here.
 
 Run:
-  python -m launch.train --config=configs/chen_fixed.py --workdir=/tmp/looped_icl/chen
+  looped-icl train --config=chen_fixed --workdir=/tmp/looped_icl/chen
 Expected: the learned steps eta_t are positive and spread out (a varying schedule); the loss falls
 with every loop (summary's loss_vs_loops) and is at most that of 10-step GD with the best constant
 step (baselines.gd) on the same tasks. Measured 2026-12-01: eta_t in [0.21, 1.28], loss 0.0082 vs
-GD's 0.0223; launch.solve's optimal schedule (steps up to 4.1) reaches 0.00106 +- 0.00002 (held
+GD's 0.0223; looped-icl solve's optimal schedule (steps up to 4.1) reaches 0.00106 +- 0.00002 (held
 out, trusted), so 2000 Adam steps are far from the optimum.
 """
 

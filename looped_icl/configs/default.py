@@ -5,14 +5,14 @@ d = 5, n = 20, rotated Sigma with Ahn et al.'s spectrum (1, 1, 1/4, 1/16, 1), w*
 no noise; Adam on the exact Rao-Blackwellised population objective, fresh S every step.
 
 Run (train, then the population optimum it should match):
-  python -m launch.train --config=configs/default.py --workdir=/tmp/looped_icl/default
-  python -m launch.solve --config=configs/default.py --workdir=/tmp/looped_icl/default
+  looped-icl train --config=default --workdir=/tmp/looped_icl/default
+  looped-icl solve --config=default --workdir=/tmp/looped_icl/default
 Quick variant (seconds; the tests use it):
-  python -m launch.train --config=configs/default.py:quick --workdir=/tmp/looped_icl/quick
+  looped-icl train --config=default:quick --workdir=/tmp/looped_icl/quick
 
 Expected: training about 25 s, evaluation about a minute on 2 CPU cores; summary.json's
 population_loss 0.0856 +- 0.0005 (importance-sampled, 100k S; the plain-sampled 0.0834 +- 0.0006
-of earlier versions was low by 3%). launch.solve, run after training in the same workdir,
+of earlier versions was low by 3%). looped-icl solve, run after training in the same workdir,
 evaluates the trained model and the optimum on the same independent sample of S:
 optimum.json's trained_model.ratio is within 5% of 1 (measured 2026-12-01: 0.9964, paired
 difference -0.0003 +- 0.0002; optimum held-out 0.0845 +- 0.0005, flagged by its tail index 0.81).

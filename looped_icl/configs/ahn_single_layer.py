@@ -10,11 +10,11 @@ the exact population objective (seconds; the tests assert it lands within 5% of 
 Why condition number 4 and not Ahn's spectrum (1, 1, 1/4, 1/16, 1): the loss is quadratic in A
 with Hessian Sigma (x) (E[S^2] + sigma^2/n Sigma), whose condition number grows like kappa^2
 (~1200 for Ahn's spectrum), so Adam needs >10^4 steps to pin the flat direction; that spectrum is
-exercised by configs/ahn_multilayer.py and by the solver (tests/test_solver.py).
+exercised by the ahn_multilayer config and by the solver (tests/test_solver.py).
 
 Run:
-  python -m launch.train --config=configs/ahn_single_layer.py --workdir=/tmp/looped_icl/ahn1
-  python -m launch.train --config=configs/ahn_single_layer.py:quick --workdir=/tmp/looped_icl/ahn1q
+  looped-icl train --config=ahn_single_layer --workdir=/tmp/looped_icl/ahn1
+  looped-icl train --config=ahn_single_layer:quick --workdir=/tmp/looped_icl/ahn1q
 Expected: relative Frobenius error of the effective preconditioner vs theory.ahn_theorem1 below
 5% (quick) and a few % (full); final loss equal to the closed-form optimum's population loss.
 """

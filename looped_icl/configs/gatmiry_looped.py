@@ -9,14 +9,14 @@ overshoots for L >= 8) and the run lasts flow time 200 (quick: 60), so runs with
 compared at equal flow time.
 
 Run:
-  python -m launch.train --config=configs/gatmiry_looped.py --workdir=/tmp/looped_icl/gat4
-  python -m launch.train --config=configs/gatmiry_looped.py:L=8 --workdir=/tmp/looped_icl/gat8
-  python -m launch.solve --config=configs/gatmiry_looped.py --workdir=/tmp/looped_icl/gat4
+  looped-icl train --config=gatmiry_looped --workdir=/tmp/looped_icl/gat4
+  looped-icl train --config=gatmiry_looped:L=8 --workdir=/tmp/looped_icl/gat8
+  looped-icl solve --config=gatmiry_looped --workdir=/tmp/looped_icl/gat4
 Expected: the loss decreases monotonically towards optimum.json's loss. The directions of large
 eigenvalue of Sigma converge quickly; the lambda = 1/16 direction moves at a rate ~ lambda^3 and is
 far from converged at flow time 200, so the final loss is 1.014x (L = 1), 1.028x (L = 2), 1.061x
 (L = 3) and 1.148 +- 0.004x (L = 4) the optimum (paired, 100k importance-sampled held-out S,
-2026-12-01); see ``python -m launch.reproduce --experiment=gatmiry_loops``.
+2026-12-01); see ``looped-icl reproduce --experiment=gatmiry_loops``.
 """
 
 from looped_icl import config_lib

@@ -1,4 +1,4 @@
-r"""Population optimum: ``python -m launch.solve --config=configs/NAME.py[:ARG] --workdir=DIR``.
+r"""``looped-icl solve --config=NAME[:ARG] --workdir=DIR``: the population optimum of a config.
 
 Writes DIR/optimum.json (loss, loss_stderr, preconditioners, eigenvalues, whitened Dist to I,
 restarts' losses; B matrices for GD++). If DIR holds a model trained with the same config, it is
@@ -6,12 +6,11 @@ evaluated on the same sample of S (``trained_model``: loss, difference, ratio). 
 invalid config.
 """
 
-from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from launch import cli
+from looped_icl.cli import common as cli
 from looped_icl import solver
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
@@ -35,5 +34,5 @@ def main(argv):
   cli.run_or_exit(lambda: solve(_CONFIG.value, _WORKDIR.value))
 
 
-if __name__ == "__main__":
-  cli.run(main)
+def run(argv: list[str]) -> None:
+  cli.run(main, argv, __doc__, config_file_flag=True)

@@ -1,14 +1,14 @@
-r"""Train one model: ``python -m launch.train --config=configs/NAME.py[:ARG] --workdir=DIR``.
+r"""``looped-icl train --config=NAME[:ARG] --workdir=DIR``: train one model into a workdir.
 
 Overrides: ``--config.train.steps=500 --config.task.n=40``. Rerunning on the same workdir
-resumes from the latest checkpoint. ``--multihost``: one process per host (BUILD_NOTES.md). Exit codes: 0 ok, 2 invalid config, 3 diverged.
+resumes from the latest checkpoint. ``--multihost``: one process per host (BUILD_NOTES.md).
+Exit codes: 0 ok, 2 invalid config, 3 diverged.
 """
 
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from launch import cli
+from looped_icl.cli import common as cli
 from looped_icl import train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
@@ -24,5 +24,5 @@ def main(argv):
   cli.run_or_exit(lambda: train.train_and_evaluate(_CONFIG.value, _WORKDIR.value))
 
 
-if __name__ == "__main__":
-  cli.run(main)
+def run(argv: list[str]) -> None:
+  cli.run(main, argv, __doc__, config_file_flag=True)

@@ -7,8 +7,8 @@ of each (L, n) are one vmapped program). Quick: L in {1, 2} x seed in {0, 1} x l
 {0.05, 0.1} at n = 20 (8 points, 2 vmapped groups of 4), 60 steps.
 
 Run:
-  python -m launch.sweep --config=configs/sweep_loops.py --workdir=/tmp/looped_icl/sweep_loops
-  python -m launch.sweep --config=configs/sweep_loops.py:quick --workdir=/tmp/looped_icl/sweep_q
+  looped-icl sweep --config=sweep_loops --workdir=/tmp/looped_icl/sweep_loops
+  looped-icl sweep --config=sweep_loops:quick --workdir=/tmp/looped_icl/sweep_q
 Expected (measured, 27 min on 2 CPU cores; table in BUILD_NOTES.md, "Sweeps"): 64 rows in
 sweep.csv. Mean population loss over seeds falls with n at every L and with L for L <= 4 at
 every n (L = 4: 0.39 / 0.091 / 0.021 / 0.010 at n = 10 / 20 / 40 / 80), the seeds agreeing to
