@@ -18,13 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from looped_icl import linalg
 from looped_icl import validation
 
 FAMILIES = ("identity", "diagonal", "rotated", "condition", "ar1", "power_law")
-
-
-def _float_dtype():
-  return jnp.asarray(0.0).dtype
 
 
 def random_orthogonal(key: jax.Array, d: int) -> jax.Array:
@@ -35,7 +32,7 @@ def random_orthogonal(key: jax.Array, d: int) -> jax.Array:
   """
   d = validation.positive_int("d", d)
   m = jax.random.uniform(key, (d, d), minval=-1.0, maxval=1.0, dtype=jnp.float32)
-  u, _, _ = jnp.linalg.svd(m.astype(_float_dtype()))
+  u, _, _ = jnp.linalg.svd(m.astype(linalg.float_dtype()))
   return u
 
 
@@ -99,7 +96,7 @@ def make_covariance(family: str, d: int, *, spectrum: Sequence[float] | None = N
   """
   d = validation.positive_int("d", d)
   validation.choice("covariance", family, FAMILIES)
-  dtype = _float_dtype()
+  dtype = linalg.float_dtype()
   if family == "ar1":
     return jnp.asarray(_ar1_matrix(d, rho), dtype=dtype)
   spec = spectrum_for(family, d, spectrum=spectrum, kappa=kappa, rho=rho, alpha=alpha)
@@ -118,7 +115,7 @@ def random_covariance(key: jax.Array, d: int, kappa: float) -> jax.Array:
   d = validation.positive_int("d", d)
   kappa = validation.in_range("kappa", kappa, 1.0, np.inf, high_open=True)
   k_rot, k_spec = jax.random.split(key)
-  dtype = _float_dtype()
+  dtype = linalg.float_dtype()
   g = jax.random.normal(k_rot, (d, d), dtype=dtype)
   q, r = jnp.linalg.qr(g)
   q = q * jnp.sign(jnp.diagonal(r))[None, :]

@@ -1,12 +1,15 @@
 """Batched products of tiny matrices, written the way XLA's CPU backend compiles well.
 
+(Plus the two checks every matrix-valued entry point shares: :func:`float_dtype` and
+:func:`check_square`.)
+
 For d ~ 5 a batched ``dot_general`` ('bij,bjk->bik') runs one tiny GEMM per batch element, and a
 broadcast-multiply-reduce does not fuse well either. An explicit sum over the (small) contracted
 index of elementwise products fuses into one vectorised loop. Measured on 2 CPU cores for eight
 chained (4096, 6, 6) products: einsum 18.5 ms, broadcast-reduce 3.6 ms, unrolled batch-first
 1.5 ms, unrolled batch-last 0.8 ms (BUILD_NOTES.md). Hence two layouts:
 
-* batch-first helpers (``mm``, ``mv``, ``vdot``, ``frob``) for (..., m, k) arrays, used by the
+* batch-first helpers (``mm``, ``mv``, ``vdot``) for (..., m, k) arrays, used by the
   samplers; leading axes broadcast explicitly, so they are safe under rank_promotion='raise';
 * batch-last helpers (``*_bl``) for (m, k, B) arrays (B may be 1 to broadcast), used by the hot
   loops (Gram-space forward, population loss), where the batch is the contiguous SIMD axis.
@@ -18,8 +21,31 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from looped_icl import validation
 
 UNROLL_MAX = 12
+
+
+def float_dtype():
+  """The default floating dtype: float32, or float64 under ``jax_enable_x64``."""
+  return jnp.asarray(0.0).dtype
+
+
+def check_square(name: str, m, d: int | None = None, *, finite: bool = False) -> None:
+  """Raises ValueError unless ``m`` is square: (..., k, k) with k >= 1, or exactly (d, d).
+
+  ``finite``: also reject NaN or infinite entries (checked on concrete values only, not traced).
+  """
+  if d is not None:
+    validation.shape(name, m, (d, d))
+  else:
+    shape = tuple(np.shape(m))
+    if len(shape) < 2 or shape[-1] != shape[-2] or shape[-1] < 1:
+      raise ValueError(f"{name} must have shape (..., d, d) with d >= 1, got {shape}")
+  if finite and not isinstance(m, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(m))):
+    raise ValueError(f"{name} must be finite")
 
 
 def _same_rank(*arrays):
@@ -53,12 +79,6 @@ def vdot(u: jax.Array, v: jax.Array) -> jax.Array:
   """<u, v> over the last axis."""
   u, v = _same_rank(u, v)
   return jnp.sum(u * v, axis=-1)
-
-
-def frob(a: jax.Array, b: jax.Array) -> jax.Array:
-  """tr(a^T b) = sum_ij a_ij b_ij over the last two axes."""
-  a, b = _same_rank(a, b)
-  return jnp.sum(a * b, axis=(-2, -1))
 
 
 # ----------------------------------------------------------------------------- batch-last
@@ -145,11 +165,6 @@ def sum_outer_bl(a_MxKxB: jax.Array, b_NxKxB: jax.Array) -> jax.Array:
   than the einsum form on CPU); the gradient of a shared matrix w.r.t. a batch of products."""
   m, k, b = a_MxKxB.shape
   return a_MxKxB.reshape(m, k * b) @ b_NxKxB.reshape(b_NxKxB.shape[0], k * b).T
-
-
-def mv_bl(a_MxKxB: jax.Array, v_KxB: jax.Array) -> jax.Array:
-  """Batch-last a @ v: (m, k, B) x (k, B) -> (m, B)."""
-  return mm_bl(a_MxKxB, v_KxB[:, None, :])[:, 0, :]
 
 
 def t_bl(a_MxKxB: jax.Array) -> jax.Array:

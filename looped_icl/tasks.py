@@ -16,6 +16,7 @@ dispatch.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -81,10 +82,24 @@ def make_task(cov, n: int, *, noise_std: float = 0.0, weight_prior: str = "ident
   if random_cov_kappa is not None:
     random_cov_kappa = validation.in_range("random_cov_kappa", random_cov_kappa, 1.0, np.inf,
                                            high_open=True)
-  dtype = jnp.asarray(0.0).dtype
+  dtype = linalg.float_dtype()
   return TaskDistribution(cov=jnp.asarray(cov, dtype), noise_std=jnp.asarray(noise_std, dtype),
                           n=n, weight_prior=weight_prior, design=design,
                           random_cov_kappa=random_cov_kappa)
+
+
+def as_float64(task: TaskDistribution) -> TaskDistribution:
+  """``task`` with Sigma and the noise level in float64 (call under ``jax.enable_x64``)."""
+  return dataclasses.replace(task, cov=jnp.asarray(np.asarray(task.cov), jnp.float64),
+                             noise_std=jnp.asarray(np.asarray(task.noise_std), jnp.float64))
+
+
+def require_one_covariance(task: TaskDistribution, what: str) -> None:
+  """Raises ValueError if ``task`` draws a Sigma per task (``random_cov_kappa`` set): ``what``
+  (e.g. "the population loss") needs one fixed Sigma."""
+  if task.random_cov_kappa is not None:
+    raise ValueError(f"task.random_cov_kappa must be None (0 in a config) for {what} (one fixed "
+                     f"Sigma), got {task.random_cov_kappa!r}")
 
 
 @struct.dataclass
@@ -200,6 +215,16 @@ def to_gram(tasks: Tasks) -> GramTasks:
   return GramTasks(gram=gram, query=query, y_query=tasks.y_query, w=tasks.w, n=n)
 
 
+def as_gram(batch, name: str = "batch") -> GramTasks:
+  """``batch`` as :class:`GramTasks`: returned as is, or converted exactly from :class:`Tasks`."""
+  if isinstance(batch, Tasks):
+    return to_gram(batch)
+  if not isinstance(batch, GramTasks):
+    raise ValueError(f"{name} must be a tasks.GramTasks or tasks.Tasks batch, got "
+                     f"{type(batch).__name__}")
+  return batch
+
+
 def chi_square(key: jax.Array, dofs_K, batch_size: int) -> jax.Array:
   """Exact chi^2 draws, (B, K): column k has ``dofs_K[k]`` >= 0 degrees of freedom (0 gives 0).
 
@@ -278,26 +303,23 @@ def _bartlett_gram_bl(chol_DxD: jax.Array, chi2_BxD: jax.Array, below_OxB: jax.A
   return c_DxDxB, linalg.mm_bl_unrolled(c_DxDxB, linalg.t_bl(c_DxDxB), one)
 
 
-def _bartlett_draw(key: jax.Array, n: int, d: int, batch_size: int, dtype):
-  """(A, r): the Bartlett factor A, (B, d, d), and an independent r ~ chi^2_{n-d}, (B,)."""
+def bartlett_factor(key: jax.Array, n: int, d: int, batch_size: int, dtype) -> jax.Array:
+  """Lower-triangular A with A A^T ~ Wishart_d(n, I) (Bartlett decomposition; needs n >= d).
+
+  diag(A)^2 ~ chi^2_{n-i} (i = 0..d-1) and the entries below the diagonal are N(0, 1), all
+  independent. Returns (B, d, d).
+  """
   n = validation.positive_int("n", n)
   d = validation.positive_int("d", d)
   batch_size = validation.positive_int("batch_size", batch_size)
   if n < d:
     raise ValueError(f"n must be >= d={d} for the Bartlett decomposition, got {n}")
   k_chi, k_below = jax.random.split(key)
-  chi2_BxK = _bartlett_chi_square(k_chi, n, d, batch_size, dtype)
+  # The residual column (chi^2_{n-d}) is drawn and dropped: the chi-square draws of the first d
+  # columns depend on the array's shape, so a key keeps giving the same factor.
+  chi2_BxD = _bartlett_chi_square(k_chi, n, d, batch_size, dtype)[:, :d]
   below_OxB = jax.random.normal(k_below, (d * (d - 1) // 2, batch_size), dtype)
-  return jnp.moveaxis(_bartlett_bl(chi2_BxK[:, :d], below_OxB), -1, 0), chi2_BxK[:, d]
-
-
-def bartlett_factor(key: jax.Array, n: int, d: int, batch_size: int, dtype) -> jax.Array:
-  """Lower-triangular A with A A^T ~ Wishart_d(n, I) (Bartlett decomposition; needs n >= d).
-
-  diag(A)^2 ~ chi^2_{n-i} (i = 0..d-1) and the entries below the diagonal are N(0, 1), all
-  independent.
-  """
-  return _bartlett_draw(key, n, d, batch_size, dtype)[0]
+  return jnp.moveaxis(_bartlett_bl(chi2_BxD, below_OxB), -1, 0)
 
 
 def uses_bartlett(task: TaskDistribution) -> bool:
@@ -371,6 +393,6 @@ def split_gram(gram: GramTasks):
 __all__ = [
     "TaskDistribution", "Tasks", "GramTasks", "make_task", "sample_tasks", "to_prompt", "to_gram",
     "sample_gram", "sample_empirical_covariance", "bartlett_factor", "chi_square", "uses_bartlett",
-    "split_gram",
+    "split_gram", "as_gram", "as_float64", "require_one_covariance",
     "WEIGHT_PRIORS", "DESIGNS",
 ]

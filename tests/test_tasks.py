@@ -489,3 +489,35 @@ def test_dtype_is_float64_under_x64(x64):
                jax.eval_shape(lambda k: tasks.to_prompt(tasks.sample_tasks(k, task, SMALL)), key),
                jax.eval_shape(lambda k: tasks.to_gram(tasks.sample_tasks(k, task, SMALL)), key)):
     assert all(a.dtype == np.float64 for a in jax.tree.leaves(tree))
+
+
+def test_as_float64_casts_only_sigma_and_the_noise(x64):
+  del x64
+  with jax.enable_x64(False):
+    task = tasks.make_task(np.diag(SPECTRUM), N, noise_std=NOISE, weight_prior="inverse_covariance",
+                           design="uniform")
+  assert task.cov.dtype == jnp.float32
+  task64 = tasks.as_float64(task)
+  assert task64.cov.dtype == jnp.float64 and task64.noise_std.dtype == jnp.float64
+  np.testing.assert_array_equal(task64.cov, np.asarray(task.cov, np.float64))
+  assert float(task64.noise_std) == float(np.float32(NOISE))
+  assert (task64.n, task64.weight_prior, task64.design, task64.random_cov_kappa) == (
+      N, "inverse_covariance", "uniform", None)
+
+
+def test_require_one_covariance_names_the_caller():
+  tasks.require_one_covariance(_task(), "anything")
+  with pytest.raises(ValueError, match=r"^task.random_cov_kappa must be None .* for the solver "
+                                       r"\(one fixed Sigma\), got 4.0$"):
+    tasks.require_one_covariance(tasks.make_task(np.eye(D), N, random_cov_kappa=4.0),
+                                 "the solver")
+
+
+def test_as_gram_converts_tasks_and_rejects_other_inputs():
+  batch = tasks.sample_tasks(jax.random.key(3), _task(), 8)
+  gram = tasks.as_gram(batch)
+  np.testing.assert_array_equal(gram.gram, tasks.to_gram(batch).gram)
+  assert tasks.as_gram(gram) is gram
+  with pytest.raises(ValueError, match="^prompts must be a tasks.GramTasks or tasks.Tasks batch, "
+                                       "got ndarray$"):
+    tasks.as_gram(np.zeros((8, 4, 4)), "prompts")
