@@ -135,8 +135,7 @@ def mixture_weights(t_S, n: int, d: int, proposal: Proposal) -> np.ndarray:
 
 
 def _check_task(task: tasks_lib.TaskDistribution, proposal: Proposal) -> None:
-  if task.random_cov_kappa is not None:
-    raise ValueError("task.random_cov_kappa must be None for the population loss (one Sigma)")
+  tasks_lib.require_one_covariance(task, "the population loss")
   if not proposal.is_plain and task.design != "gaussian":
     raise ValueError(f"task.design must be 'gaussian' for an importance-sampling proposal (the "
                      f"density ratio is Gaussian), got {task.design!r}; use the plain proposal")
@@ -270,6 +269,20 @@ def estimate(values_S, weighted: WeightedS | None = None) -> dict:
   out["warning"] = ("heavy tail, the standard error is not reliable: " + "; ".join(problems)
                     if problems else "")
   return out
+
+
+def mean_and_stderr(values, *, axis: int = 0, ddof: int = 1):
+  """Plain Monte Carlo mean of i.i.d. draws along ``axis`` and its standard error
+  std(ddof) / sqrt(N), in float64: floats for 1-D ``values``, arrays otherwise.
+
+  For importance-weighted samples use :func:`estimate` (stratified standard error, diagnostics).
+  """
+  x_N = np.asarray(values, np.float64)
+  mean = x_N.mean(axis=axis)
+  stderr = x_N.std(axis=axis, ddof=ddof) / np.sqrt(x_N.shape[axis])
+  if np.ndim(mean) == 0:
+    return float(mean), float(stderr)
+  return mean, stderr
 
 
 def paired_ratio(num_S, den_S, weighted: WeightedS | None = None) -> tuple[float, float]:

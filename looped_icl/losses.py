@@ -91,8 +91,7 @@ def population_loss_samples(params, cfg: models.ModelConfig, task: tasks_lib.Tas
   with its standard error and tail diagnostics). Computed batch-last ((d, d, S); see
   :mod:`linalg`) with a hand-written reverse mode (:mod:`looped_icl.population_forward`).
   """
-  if task.random_cov_kappa is not None:
-    raise ValueError("task.random_cov_kappa must be None for the population loss (one Sigma)")
+  tasks_lib.require_one_covariance(task, "the population loss")
   s_SxDxD = _samples_of_s(samples)
   chex.assert_shape(s_SxDxD, (None, cfg.d, cfg.d))
   a_LxDxD, b_LxDxD, eta_L = _family_weights(params, cfg, num_loops)
@@ -130,6 +129,17 @@ jit_population_loss_samples = jax.jit(population_loss_samples,
 def choose_proposal(params, cfg: models.ModelConfig, task: tasks_lib.TaskDistribution,
                     key: jax.Array, pilot_samples: int, *, num_loops: int | None = None,
                     layer: int = -1):
+def last_layer_loss_samples(params, cfg: models.ModelConfig, task: tasks_lib.TaskDistribution,
+                            samples, *, num_loops: int | None = None) -> jax.Array:
+  """The Rao-Blackwellised loss of the last layer (or loop) for each sample of S, (S,).
+
+  The last column of :func:`population_loss_samples`, through its compiled form
+  (``jit_population_loss_samples``: one compilation per model config and shape, shared with the
+  other estimators here).
+  """
+  return jit_population_loss_samples(params, cfg, task, samples, num_loops=num_loops)[:, -1]
+
+
   """(proposal, info) of least measured variance for this model's per-S loss at ``layer``
   (:func:`estimators.choose_proposal`)."""
   return estimators.choose_proposal(

@@ -44,11 +44,6 @@ from looped_icl import validation
 RESTART_INIT_SCALE = 0.3
 
 
-def _task64(task: tasks_lib.TaskDistribution) -> tasks_lib.TaskDistribution:
-  return dataclasses.replace(task, cov=jnp.asarray(np.asarray(task.cov), jnp.float64),
-                             noise_std=jnp.asarray(np.asarray(task.noise_std), jnp.float64))
-
-
 def _restart_params(key: jax.Array, model: models.ModelConfig, cov) -> dict:
   """A random general start, scaled to the problem: A ~ (I + G) / (tr Sigma) with G ~ N(0, .3^2)."""
   template = models.init_params(key, dataclasses.replace(model, init_scale=RESTART_INIT_SCALE))
@@ -155,12 +150,11 @@ def solve_population_optimum(exp: config_lib.Experiment, key: jax.Array | None =
   if model.parametrization not in losses.POPULATION_FAMILIES or model.activation != "linear":
     raise ValueError(f"model.parametrization must be one of {list(losses.POPULATION_FAMILIES)} "
                      f"(linear) for the solver, got {model.parametrization!r}")
-  if exp.task.random_cov_kappa is not None:
-    raise ValueError("task.random_cov_kappa must be 0 for the solver (one fixed Sigma)")
+  tasks_lib.require_one_covariance(exp.task, "the solver")
   key = jax.random.fold_in(jax.random.key(exp.seed), 3) if key is None else key
   keys = [jax.random.fold_in(key, i) for i in range(5)]
   with jax.enable_x64(True):
-    task = _task64(exp.task)
+    task = tasks_lib.as_float64(exp.task)
     solve = functools.partial(minimize_population_loss, model, task, constraint=constraint)
     if proposal is None:
       # 1. Fit on a default defensive proposal.
@@ -185,7 +179,7 @@ def solve_population_optimum(exp: config_lib.Experiment, key: jax.Array | None =
     # 3. Choose the restart on an independent sample.
     s_select = estimators.sample(keys[3], task, sc.samples, proposal)
     last_layer = lambda params, samples: np.asarray(
-        losses.jit_population_loss_samples(params, model, task, samples))[:, -1]
+        losses.last_layer_loss_samples(params, model, task, samples))
     select = [float(np.mean(np.asarray(s_select.weight) * last_layer(res.params, s_select)))
               for res in runs]
     best_index = int(np.argmin(select))

@@ -50,7 +50,7 @@ def measure(num_layers: int, n: int, d: int, *, samples: int = 20000, seeds: int
     c = best_isotropic_c(num_layers, n, d)
     task = tasks_lib.make_task(np.eye(d), n)
     cfg, params = constructions.preconditioned_gd(c * np.eye(d), num_layers, kind="looped")
-    f = jax.jit(lambda s: losses.population_loss_samples(params, cfg, task, s)[:, -1])
+    f = lambda s: losses.last_layer_loss_samples(params, cfg, task, s)
     exact = float(wishart.isotropic_losses([c] * num_layers, n, d)[-1])
     plain_var = float(wishart.isotropic_loss_variance([c] * num_layers, n, d))
     proposal, info = losses.choose_proposal(params, cfg, task, jax.random.key(1), samples)

@@ -81,6 +81,23 @@ def test_estimate_diagnostics_on_a_known_array():
   assert estimators.estimate(np.random.default_rng(0).exponential(size=5000))["trusted"]
 
 
+def test_mean_and_stderr_of_plain_samples():
+  values = np.array([1.0, 2.0, 4.0, 9.0])
+  mean, stderr = estimators.mean_and_stderr(values)
+  assert isinstance(mean, float) and isinstance(stderr, float)
+  assert mean == 4.0
+  # Sample variance with ddof 1: ((-3)^2 + (-2)^2 + 0 + 5^2) / 3 = 38 / 3; stderr^2 = that / 4.
+  assert stderr == pytest.approx(np.sqrt(38 / 12), rel=1e-15)
+  assert estimators.mean_and_stderr(values, ddof=0)[1] == pytest.approx(np.sqrt(38 / 16))
+  m_2, s_2 = estimators.mean_and_stderr(np.stack([values, 2 * values], axis=1))
+  np.testing.assert_allclose(m_2, [4.0, 8.0])
+  np.testing.assert_allclose(s_2, [np.sqrt(38 / 12), 2 * np.sqrt(38 / 12)])
+  # The plain estimator agrees with estimate() on unweighted samples.
+  draws = np.random.default_rng(1).exponential(size=1000)
+  est = estimators.estimate(draws)
+  assert estimators.mean_and_stderr(draws) == pytest.approx((est["value"], est["stderr"]))
+
+
 @pytest.mark.parametrize("shape", [0.2, 0.5, 0.9])
 def test_pareto_tail_index_recovers_known_shapes(shape):
   """Generalised Pareto draws sigma (U^-k - 1) / k have tail index k (2e5 draws: +- 0.1)."""
@@ -148,7 +165,7 @@ def test_importance_sampling_is_unbiased_against_plain_monte_carlo(x64):
   task = tasks.make_task(cov, n, noise_std=0.2)
   a = np.linalg.inv(np.asarray(cov)) * 0.5 + 0.1 * np.random.default_rng(7).standard_normal((D, D))
   cfg, params = constructions.preconditioned_gd(a, 2, kind="looped")
-  f = lambda s: np.asarray(losses.population_loss_samples(params, cfg, task, s))[:, -1]
+  f = lambda s: losses.last_layer_loss_samples(params, cfg, task, s)
   plain = estimators.sample(jax.random.key(8), task, 200_000)
   weighted = estimators.sample(jax.random.key(9), task, 200_000, estimators.defensive(1.3))
   e_plain, e_is = estimators.estimate(f(plain.s), plain), estimators.estimate(f(weighted.s),
@@ -157,8 +174,8 @@ def test_importance_sampling_is_unbiased_against_plain_monte_carlo(x64):
   # L = 1 has a closed form for general A and Sigma: both agree with it too.
   cfg1, params1 = constructions.preconditioned_gd(a, 1, kind="looped")
   exact1 = wishart.one_layer_loss(a.T, cov, np.eye(D), n, 0.2**2)
-  e1 = estimators.estimate(np.asarray(losses.population_loss_samples(
-      params1, cfg1, task, weighted.s))[:, -1], weighted)
+  e1 = estimators.estimate(losses.last_layer_loss_samples(params1, cfg1, task, weighted.s),
+                           weighted)
   assert abs(e1["value"] - exact1) < 3 * e1["stderr"]
 
 
@@ -186,7 +203,7 @@ def test_standard_errors_are_calibrated_over_seeds(x64):
   cfg, params = constructions.preconditioned_gd(c * np.eye(D), num_layers, kind="looped")
   proposal, _ = losses.choose_proposal(params, cfg, task, jax.random.key(11), 20000)
   exact = float(wishart.isotropic_losses([c] * num_layers, n, D)[-1])
-  f = jax.jit(lambda s: losses.population_loss_samples(params, cfg, task, s)[:, -1])
+  f = lambda s: losses.last_layer_loss_samples(params, cfg, task, s)
   z = []
   for seed in range(100):
     samples = estimators.sample(jax.random.key(5000 + seed), task, 20000, proposal)

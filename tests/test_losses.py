@@ -408,3 +408,14 @@ def test_per_loop_steps_enter_symmetrically(x64):
                                                       task, s), base, rtol=1e-12)
   grad = jax.grad(lambda e: losses.population_loss({"eta": e}, cfg, task, s))(jnp.full(4, 0.2))
   np.testing.assert_allclose(grad, grad[0], rtol=1e-12)
+
+
+@pytest.mark.parametrize("family", ["preconditioner", "gdpp"])
+def test_last_layer_loss_samples_is_the_last_column(x64, family):
+  cfg, params = _model(family, "looped", 2, seed=4)
+  task = tasks.make_task(COV, N_CTX, noise_std=NOISE_STD)
+  s = _sample_s(jax.random.key(5), task, 64)
+  want = np.asarray(losses.population_loss_samples(params, cfg, task, s, num_loops=3))[:, -1]
+  got = losses.last_layer_loss_samples(params, cfg, task, s, num_loops=3)
+  assert got.shape == (64,)
+  np.testing.assert_allclose(got, want, rtol=1e-12)

@@ -8,6 +8,7 @@ from looped_icl import config_lib
 from looped_icl import estimators
 from looped_icl import losses
 from looped_icl import solver
+from looped_icl import tasks
 from looped_icl import theory
 
 
@@ -32,7 +33,7 @@ def _fit_statistics(exp, key, result):
   proposal = estimators.Proposal(tuple(result["proposal_scales"]),
                                  tuple(result["proposal_weights"]))
   with jax.enable_x64(True):
-    task = solver._task64(exp.task)  # pylint: disable=protected-access
+    task = tasks.as_float64(exp.task)
     fit = estimators.sample(jax.random.fold_in(key, 2), task, exp.solver.samples, proposal)
   s, w = np.asarray(fit.s), np.asarray(fit.weight)
   s_bar = np.einsum("s,sij->ij", w, s) / s.shape[0]
@@ -151,7 +152,7 @@ def test_held_out_loss_agrees_with_an_independent_estimate(single_layer):
   exp, _, result = single_layer
   params = {k: np.asarray(v) for k, v in result["params"].items()}
   with jax.enable_x64(True):
-    task = solver._task64(exp.task)  # pylint: disable=protected-access
+    task = tasks.as_float64(exp.task)
     report, _, _ = losses.estimate_population_loss(params, exp.model, task, jax.random.key(99),
                                                    200_000)
   diff = result["loss"] - report["value"]
