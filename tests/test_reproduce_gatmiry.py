@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from looped_icl import reproduce
+from looped_icl import theory
 from looped_icl.reproduce import common
 from looped_icl.reproduce import gatmiry_gradient_dominance as gd_lib
 
@@ -115,7 +116,7 @@ def test_dominance_exponent_matches_2l_minus_1_over_l(dominance, num_loops):
   # the isotropic ray and the loss is float32 (relative 1e-7 at f - f* >= 5e-4): deviations of
   # order 1e-3 at most (measured <= 2e-4). 0.01 is still 8x below the gap between consecutive
   # (2L-1)/L values, so the test tells the exponents apart.
-  assert fit["fitted_p"] == pytest.approx(gd_lib.theory_exponent(num_loops), abs=0.01)
+  assert fit["fitted_p"] == pytest.approx(theory.gradient_dominance_exponent(num_loops), abs=0.01)
   # Same perturbations on the constant: mu = 4 L^2 d^{(1-L)/L} within 1% (measured 0.08%).
   assert fit["fitted_mu"] == pytest.approx(fit["isotropic_mu"], rel=0.01)
 
@@ -140,12 +141,3 @@ def test_dominance_finite_n_exponent_is_one_near_the_optimum(dominance):
     assert row["last_resolved_grad_sq_over_excess"] == pytest.approx(row["two_lambda_min"],
                                                                      rel=0.01), row
     assert row["paper_p"] > 1.4  # the large-n law would give (2L-1)/L >= 1.5 here
-
-
-def test_isotropic_flow_time_reaches_the_gap():
-  # u^{-(2L-2)} = 1 + 4 L (L-1) t and f/f0 = u^{2L}: inverse of the closed form.
-  for num_loops in (2, 3, 4):
-    t = gd_lib.isotropic_flow_time(num_loops, 1e-4)
-    u = (1 + 4 * num_loops * (num_loops - 1) * t) ** (-1 / (2 * num_loops - 2))
-    assert u ** (2 * num_loops) == pytest.approx(1e-4, rel=1e-9)
-  assert gd_lib.isotropic_flow_time(1, np.exp(-4.0)) == pytest.approx(1.0)

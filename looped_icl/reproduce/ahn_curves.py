@@ -230,12 +230,6 @@ def optimal_steps(exp: config_lib.Experiment, depth: int, s_fit: estimators.Weig
   return np.asarray(params["eta"], np.float64)
 
 
-def _whitened_scales(a_LxDxD, cov) -> np.ndarray:
-  """tr(Sigma^{1/2} A_l Sigma^{1/2}) / d per layer: the c_l of A_l ~ c_l Sigma^{-1}."""
-  white = np.asarray(theory.whiten_preconditioner(jnp.asarray(a_LxDxD), cov))
-  return np.trace(white, axis1=-2, axis2=-1) / white.shape[-1]
-
-
 def _steps_text(values) -> str:
   return " ".join(f"{v:.4f}" for v in values)
 
@@ -301,7 +295,7 @@ def evaluate_sweep(exp: config_lib.Experiment, ns: Sequence[int], depths: Sequen
             est["value"], est["stderr"])
       row.update(transformer_over_optimum=row["transformer"] / row["optimum"],
                  optimum_steps=_steps_text(steps),
-                 transformer_steps=_steps_text(_whitened_scales(trained[k], task.cov)),
+                 transformer_steps=_steps_text(theory.whitened_scales(trained[k], task.cov)),
                  transformer_dist_whitened=float(np.max(np.asarray(theory.dist_to_identity(
                      theory.whiten_preconditioner(jnp.asarray(trained[k]), task.cov))))),
                  gd_eta=gd_eta, pgd_eta=pgd_eta)

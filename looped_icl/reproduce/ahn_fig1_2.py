@@ -26,7 +26,6 @@ paired loss ratio trained / optimum near 1.
 
 from __future__ import annotations
 
-import jax.numpy as jnp
 import numpy as np
 
 from looped_icl import config_lib
@@ -35,12 +34,6 @@ from looped_icl.reproduce import common
 
 PAPER_C = (0.69, 0.42, 1.71)
 RUN = "ahn_multilayer"
-
-
-def whitened_scales(a_LxDxD, cov_DxD) -> np.ndarray:
-  """c_l = tr(Sigma^1/2 A_l Sigma^1/2) / d of each layer, (L,)."""
-  whitened = np.asarray(theory.whiten_preconditioner(jnp.asarray(a_LxDxD), cov_DxD), np.float64)
-  return np.trace(whitened, axis1=-2, axis2=-1) / whitened.shape[-1]
 
 
 def history_rows(history: list[dict]) -> list[dict]:
@@ -90,8 +83,8 @@ def run(ctx: common.Context) -> dict:
   summary, history, _ = common.train_run(ctx, RUN, config)
   optimum = common.solve_run(ctx, RUN, config)
 
-  trained_c = whitened_scales(summary["effective_preconditioners"], cov)
-  solver_c = whitened_scales(optimum["preconditioners"], cov)
+  trained_c = theory.whitened_scales(summary["effective_preconditioners"], cov)
+  solver_c = theory.whitened_scales(optimum["preconditioners"], cov)
   trained_sorted, solver_sorted = np.sort(trained_c), np.sort(solver_c)
   paper_sorted = np.sort(PAPER_C)
   layers = [{"layer": i, "trained_c": trained_c[i], "solver_c": solver_c[i],

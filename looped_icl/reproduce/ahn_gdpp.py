@@ -18,14 +18,15 @@ population objective with the paper's per-matrix gradient clip). Measured:
 * trained: tr(B_l)/d, Dist(B_l, I), tr(A_l)/d; the training loss curve.
 * population optimum: for Sigma = I and A_l = a_l I, B_l = b_l I the whole model is a polynomial
   in S, so the loss of one task is sum_j m(lambda_j)^2 over the eigenvalues lambda_j of S
-  (:func:`isotropic_loss_samples`, checked against :func:`looped_icl.losses.population_loss_samples`
-  in the tests). That makes millions of samples of S cheap: trust-region Newton from many random
-  starts (and from the trained model's scales) on a small search sample, each distinct local
-  minimum polished on a larger fit sample and re-measured on an independent held-out sample, the
-  best held-out mean reported (its library loss on the same samples is reported too). Isotropy
-  is assumed, not proven optimal: the loss is invariant under x -> U x (U orthogonal), so an
-  isotropic critical point is a critical point of the general problem, and the trained general
-  A_l, B_l come out isotropic (Dist ~ 0.01-0.03).
+  (:func:`looped_icl.theory.gdpp_isotropic_loss_samples`, checked against
+  :func:`looped_icl.losses.population_loss_samples` in the tests). That makes millions of
+  samples of S cheap: trust-region Newton from many random starts (and from the trained model's
+  scales) on a small search sample, each distinct local minimum polished on a larger fit sample
+  and re-measured on an independent held-out sample, the best held-out mean reported (its
+  library loss on the same samples is reported too). Isotropy is assumed, not proven optimal:
+  the loss is invariant under x -> U x (U orthogonal), so an isotropic critical point is a
+  critical point of the general problem, and the trained general A_l, B_l come out isotropic
+  (Dist ~ 0.01-0.03).
 * every model (trained, optimum, the local minimum nearest the trained model, 3-step GD with the
   population-optimal step) on the same held-out samples: mean (+- stderr), median, 99th
   percentile, max per-sample loss.
@@ -50,8 +51,6 @@ optimum's branch instead of the paper's.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -62,7 +61,6 @@ from looped_icl import config_lib
 from looped_icl import estimators
 from looped_icl import losses
 from looped_icl import models
-from looped_icl import solver
 from looped_icl import tasks as tasks_lib
 from looped_icl import theory
 from looped_icl.reproduce import common
@@ -74,33 +72,6 @@ QUICK_SOLVER = (5_000, 20_000, 100_000, 6)
 FULL_SOLVER = (10_000, 100_000, 1_000_000, 20)
 POLISH_WITHIN = 1.5
 EVAL_CHUNK = 20_000  # samples of S per draw (one compiled shape)
-
-
-def isotropic_loss_samples(a_L, b_L, eigs_SxD):
-  """Per-sample population loss of isotropic GD++ from the eigenvalues of S, (S,).
-
-  Sigma = I, w* ~ N(0, I), no noise, A_l = a_l I, B_l = b_l I (b_L: the first L - 1 layers'
-  b; the last layer's B does not reach the prediction). In the eigenbasis of S every layer acts
-  per eigenvalue lambda: with c_0 = 1 (the covariate map) and m_0 = -1 (the error), layer l has
-  the effective step a~ = a_l c_l^2 and m <- (1 - a~ lambda) m, c <- (1 - b_l a~ lambda) c; the
-  loss of the task is sum_j m(lambda_j)^2 (SPEC §4 with Sigma = Sigma_w = I).
-  """
-  m_SxD = -jnp.ones_like(eigs_SxD)
-  c_SxD = jnp.ones_like(eigs_SxD)
-  for layer in range(a_L.shape[0]):
-    step_SxD = a_L[layer] * c_SxD**2
-    m_SxD = (1 - step_SxD * eigs_SxD) * m_SxD
-    if layer < b_L.shape[0]:
-      c_SxD = (1 - b_L[layer] * step_SxD * eigs_SxD) * c_SxD
-  return jnp.sum(m_SxD**2, axis=-1)
-
-
-def isotropic_params(a_L, b_L, d: int) -> dict:
-  """The GD++ params {a, b} (L, d, d) of the scales (the last layer's B is 0)."""
-  b_full = np.concatenate([np.asarray(b_L, np.float64), [0.0]])
-  eye = np.eye(d)
-  return {"a": jnp.asarray(np.asarray(a_L, np.float64)[:, None, None] * eye),
-          "b": jnp.asarray(b_full[:, None, None] * eye)}
 
 
 def _check_isotropic_task(exp: config_lib.Experiment) -> None:
@@ -140,14 +111,9 @@ def sample_eigenvalues(key, task, num: int) -> EigenSample:
       component=jnp.concatenate([p.component for p in parts]))
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
-def _last_layer_losses(params, model, task, s_SxDxD):
-  return losses.population_loss_samples(params, model, task, s_SxDxD)[:, -1]
-
-
 def library_losses(params, model: models.ModelConfig, task, key, num: int) -> np.ndarray:
   """The library's exact per-sample loss on the same num samples of S as sample_eigenvalues."""
-  return np.concatenate([np.asarray(_last_layer_losses(
+  return np.concatenate([np.asarray(losses.last_layer_loss_samples(
       params, model, task, estimators.sample(k, task, size, _proposal(task)).s))
                          for k, size in _chunks(key, num)])
 
@@ -170,8 +136,8 @@ def _newton_minimize(sample: EigenSample, num_layers: int, max_iters: int):
   curved valleys (scipy's L-BFGS-B also pays a BLAS-thread overhead per iteration).
   """
   def mean_loss(theta):
-    return jnp.mean(sample.weight * isotropic_loss_samples(theta[:num_layers], theta[num_layers:],
-                                                           sample.eigs))
+    return jnp.mean(sample.weight * theory.gdpp_isotropic_loss_samples(
+        theta[:num_layers], theta[num_layers:], sample.eigs))
 
   value_and_grad = jax.jit(jax.value_and_grad(mean_loss))
   hessian = jax.jit(jax.hessian(mean_loss))
@@ -221,11 +187,6 @@ def isotropic_minima(eigs_search, eigs_fit, starts, num_layers: int,
   return sorted(minima, key=lambda m: m["fit_loss"])
 
 
-def _scales(m_LxDxD) -> np.ndarray:
-  m = np.asarray(m_LxDxD, np.float64)
-  return np.trace(m, axis1=-2, axis2=-1) / m.shape[-1]
-
-
 def _ccdf(per_sample: np.ndarray, weight_S: np.ndarray, points: int = 400):
   """(x, P(loss > x)) under p (importance weights) at log-spaced ranks, for a log-log plot."""
   order = np.argsort(per_sample)[::-1]
@@ -261,13 +222,13 @@ def run(ctx: common.Context) -> dict:
   _check_isotropic_task(exp)
   model, num_layers, d = exp.model, exp.model.num_layers, exp.task.d
   summary, history, trained = common.train_run(ctx, RUN, config)
-  trained_a = _scales(summary["effective_preconditioners"])
-  trained_b = _scales(summary["b_matrices"])
+  trained_a = theory.mean_diagonal(summary["effective_preconditioners"])
+  trained_b = theory.mean_diagonal(summary["b_matrices"])
   num_search, num_fit, num_held, num_starts = QUICK_SOLVER if ctx.quick else FULL_SOLVER
 
   key = jax.random.fold_in(jax.random.key(exp.seed), 7)
   with jax.enable_x64(True):
-    task = solver._task64(exp.task)  # pylint: disable=protected-access
+    task = tasks_lib.as_float64(exp.task)
     eigs_fit = sample_eigenvalues(jax.random.fold_in(key, 0), task, num_fit)
     eigs_search = jax.tree.map(lambda x: x[:num_search], eigs_fit)
     rng = np.random.default_rng(exp.seed)
@@ -280,8 +241,8 @@ def run(ctx: common.Context) -> dict:
     eigs_held = sample_eigenvalues(held_key, task, num_held)
 
     def isotropic_held(a_L, b_L):
-      return np.asarray(isotropic_loss_samples(jnp.asarray(a_L), jnp.asarray(b_L),
-                                               eigs_held.eigs))
+      return np.asarray(theory.gdpp_isotropic_loss_samples(jnp.asarray(a_L), jnp.asarray(b_L),
+                                                           eigs_held.eigs))
 
     for m in minima:
       m["per_sample"] = isotropic_held(m["theta"][:num_layers], m["theta"][num_layers:])
@@ -292,8 +253,8 @@ def run(ctx: common.Context) -> dict:
     # The library's exact loss of the optimum on the same S (checks the eigenvalue reduction)
     # and of the trained model.
     best_library = library_losses(
-        isotropic_params(best["theta"][:num_layers], best["theta"][num_layers:], d), model, task,
-        held_key, num_held)
+        theory.gdpp_isotropic_params(best["theta"][:num_layers], best["theta"][num_layers:], d),
+        model, task, held_key, num_held)
     trained64 = jax.tree.map(lambda x: jnp.asarray(np.asarray(x), jnp.float64), trained)
     per_sample = {"trained": library_losses(trained64, model, task, held_key, num_held),
                   "optimum": best["per_sample"]}

@@ -31,10 +31,18 @@ from looped_icl.reproduce import common
 
 DEPTHS = (1, 2, 3, 4)
 N = 20
-LABELS = {"transformer": "L-layer transformer (trained)",
-          "optimum": "L-layer optimum, A_l = c_l Sigma^-1 (solver)",
+
+
+def family_labels(depth: str) -> dict[str, str]:
+  """The legend label of each family of :func:`ahn_curves.evaluate_sweep` at ``depth`` layers
+  (a number, or "L" for a sweep over depth)."""
+  return {"transformer": f"{depth}-layer transformer (trained)",
+          "optimum": f"{depth}-layer optimum, A_l = c_l Sigma^-1 (solver)",
           "general": "general-A solver (overfits its sample)",
-          "pgd": "L-step PGD, A = Sigma^-1", "gd": "L-step GD"}
+          "pgd": f"{depth}-step PGD, A = Sigma^-1", "gd": f"{depth}-step GD"}
+
+
+LABELS = family_labels("L")
 
 
 def _figure(ctx: common.Context, rows: list[dict], curve: np.ndarray) -> str:

@@ -28,15 +28,13 @@ from __future__ import annotations
 import numpy as np
 
 from looped_icl.reproduce import ahn_curves
+from looped_icl.reproduce import ahn_loss_vs_depth
 from looped_icl.reproduce import common
 
 NS = tuple(range(2, 23, 2))
 QUICK_NS = (2, 4, 10, 20)
 LAYERS = 3
-LABELS = {"transformer": "3-layer transformer (trained)",
-          "optimum": "3-layer optimum, A_l = c_l Sigma^-1 (solver)",
-          "general": "general-A solver (overfits its sample)",
-          "pgd": "3-step PGD, A = Sigma^-1", "gd": "3-step GD"}
+LABELS = ahn_loss_vs_depth.family_labels(str(LAYERS))
 
 
 def _figure(ctx: common.Context, rows: list[dict], curve: np.ndarray, ns) -> str:

@@ -8,9 +8,10 @@ degenerate optimum), so gradient flow converges polynomially, not linearly.
 Why the exponent is (2L-1)/L, exactly, in the isotropic scalar case: with Sigma = I, w* ~ N(0, I)
 and S = X^T X / n = Sigma exactly (n -> infinity), on the ray A = a I the loss is
 f = d (1 - a)^{2L} (f* = 0) and df/dA = -2L (1 - a)^{2L-1} I, so
-  ||grad f||^2 = 4 L^2 d (1 - a)^{4L-2} = mu f^{(2L-1)/L},  mu = 4 L^2 d^{(1-L)/L}.
-Gradient flow from a small random A stays on that ray (it attracts), so log ||grad f||^2 against
-log (f - f*) along the trajectory is a line of slope (2L-1)/L.
+  ||grad f||^2 = 4 L^2 d (1 - a)^{4L-2} = mu f^{(2L-1)/L},  mu = 4 L^2 d^{(1-L)/L}
+(:mod:`looped_icl.theory.gatmiry`). Gradient flow from a small random A stays on that ray (it
+attracts), so log ||grad f||^2 against log (f - f*) along the trajectory is a line of slope
+(2L-1)/L.
 
 Setting: ``configs/gatmiry_looped.py`` (looped preconditioner, d = 5, w* ~ N(0, I), gradient-flow
 mode = plain GD on the exact population loss over one fixed sample of S) with Sigma = I and
@@ -58,6 +59,8 @@ from looped_icl import estimators
 from looped_icl import losses
 from looped_icl import models
 from looped_icl import solver
+from looped_icl import tasks as tasks_lib
+from looped_icl import theory
 from looped_icl import train
 from looped_icl.reproduce import common
 
@@ -82,26 +85,6 @@ NEAR_OPTIMUM_WINDOW = (1e-13, 1e-11)
 FINITE_N_RESTARTS = 10
 
 
-def theory_exponent(num_loops: int) -> float:
-  return (2 * num_loops - 1) / num_loops
-
-
-def theory_mu(num_loops: int, d: int) -> float:
-  """mu of the isotropic n -> infinity case, 4 L^2 d^{(1-L)/L}."""
-  return 4 * num_loops**2 * d ** ((1 - num_loops) / num_loops)
-
-
-def isotropic_flow_time(num_loops: int, gap: float) -> float:
-  """Gradient-flow time for f / f_0 to fall to ``gap`` on the isotropic ray (Sigma = S = I).
-
-  u = 1 - a obeys du/dt = -2L u^{2L-1}: u = exp(-2t) for L = 1, otherwise
-  u^{-(2L-2)} = 1 + 4L(L-1) t; and f / f_0 = u^{2L}.
-  """
-  if num_loops == 1:
-    return math.log(1 / gap) / 4
-  return (gap ** (-(num_loops - 1) / num_loops) - 1) / (4 * num_loops * (num_loops - 1))
-
-
 def _config(ctx: common.Context, num_loops: int, n: int, *, finite: bool):
   """gatmiry_looped with Sigma = I, n examples and this experiment's gradient-flow schedule."""
   config = common.load_config(CONFIG, ctx, arg=f"L={num_loops},n={n}")
@@ -114,7 +97,7 @@ def _config(ctx: common.Context, num_loops: int, n: int, *, finite: bool):
     steps = QUICK_FINITE_N_STEPS if ctx.quick else FINITE_N_STEPS
   else:
     learning_rate, batch = 0.05 / num_loops, LARGE_N_SAMPLES
-    steps = math.ceil(1.2 * isotropic_flow_time(num_loops, END_GAP) / learning_rate)
+    steps = math.ceil(1.2 * theory.isotropic_flow_time(num_loops, END_GAP) / learning_rate)
   log_every = max(1, steps // ROWS)
   config.train.learning_rate = learning_rate
   config.train.batch_size = batch
@@ -169,7 +152,7 @@ def _objective_optimum(exp: config_lib.Experiment, *, restarts: int, hessian: bo
   samples = jax.tree.map(np.asarray, train.population_samples(exp, data_key))
   init = models.init_params(train.root_keys(exp.seed)["init"], exp.model)
   with jax.enable_x64(True):
-    task = solver._task64(exp.task)  # pylint: disable=protected-access
+    task = tasks_lib.as_float64(exp.task)
     s_SxDxD = estimators.WeightedS(s=jnp.asarray(samples.s, jnp.float64),
                                    weight=jnp.asarray(samples.weight, jnp.float64),
                                    component=jnp.asarray(samples.component))
@@ -208,12 +191,6 @@ def local_exponents(gap_N, excess_N, grad_sq_N, resolved_N) -> np.ndarray:
   return out
 
 
-def _asymmetry(a_DxD) -> float:
-  """||A - A^T||_F / ||A||_F."""
-  a = np.asarray(a_DxD, np.float64)
-  return float(np.linalg.norm(a - a.T) / np.linalg.norm(a))
-
-
 def _measure(ctx: common.Context, num_loops: int, n: int, *, finite: bool):
   """One trajectory: (trajectory rows, fit row)."""
   name = f"L{num_loops}_n{n}" + ("_x64" if finite else "")
@@ -241,9 +218,10 @@ def _measure(ctx: common.Context, num_loops: int, n: int, *, finite: bool):
          "samples_of_S": config.train.batch_size, "f0": f0, "f_star": f_star,
          "min_gap": float(np.min(gap_N)), "final_gap": float(gap_N[-1]),
          "window_lo": FIT_WINDOW[0], "window_hi": FIT_WINDOW[1], "points": window["points"],
-         "p": window["p"], "mu": window["mu"], "paper_p": theory_exponent(num_loops),
-         "isotropic_mu": theory_mu(num_loops, exp.task.d),
-         "final_asymmetry": _asymmetry(params["a"])}
+         "p": window["p"], "mu": window["mu"],
+         "paper_p": theory.gradient_dominance_exponent(num_loops),
+         "isotropic_mu": theory.isotropic_gradient_dominance_mu(num_loops, exp.task.d),
+         "final_asymmetry": theory.asymmetry(params["a"])}
   if finite:
     near = fit_exponent(gap_N, excess_N, grad_sq_N, NEAR_OPTIMUM_WINDOW)
     last = int(np.flatnonzero(resolved_N)[-1])
@@ -278,7 +256,8 @@ def _figure(ctx: common.Context, trajectory: list[dict], fits: list[dict]) -> st
       common.Panel(series=local, xlabel="(f - f*) / (f0 - f*)",
                    ylabel="local exponent (slope over one decade)", logx=True,
                    title="local exponent; (2L-1)/L = 1, 1.5, 1.67, 1.75",
-                   hlines={f"(2L-1)/L, L={num}": theory_exponent(num) for num in LOOPS})])
+                   hlines={f"(2L-1)/L, L={num}": theory.gradient_dominance_exponent(num)
+                           for num in LOOPS})])
 
 
 def run(ctx: common.Context) -> dict:

@@ -44,8 +44,6 @@ kappa, ratio vs rotation), results.json.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -57,6 +55,7 @@ from looped_icl import covariance
 from looped_icl import estimators
 from looped_icl import losses
 from looped_icl import tasks as tasks_lib
+from looped_icl import theory
 from looped_icl.reproduce import common
 
 KAPPAS = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
@@ -101,12 +100,6 @@ def evaluation_covariances(fixed_cfg, quick: bool) -> list[dict]:
   return [dict(r, cov=np.asarray(r["cov"], np.float64)) for r in out]
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def last_loop_losses(params, cfg, task, s_SxDxD):
-  """Per-sample exact population loss of a preconditioner-family model after its L loops, (S,)."""
-  return losses.population_loss_samples(params, cfg, task, s_SxDxD)[:, -1]
-
-
 def evaluate_on(cov, trained: dict, n: int, num_loops: int, key: jax.Array,
                 num_samples: int, mc_tasks: int) -> dict:
   """Losses of the trained models and the baselines on one test Sigma (paired on the same S).
@@ -135,10 +128,10 @@ def evaluate_on(cov, trained: dict, n: int, num_loops: int, key: jax.Array,
   for name, precond in (("gd", np.eye(d)), ("pgd", inv_cov)):
     eta, _ = baselines.best_gd_eta(task, num_loops, s_SxDxD, preconditioner=precond)
     cfg, params = constructions.preconditioned_gd(jnp.asarray(eta * precond), num_loops)
-    per_sample[name] = np.asarray(last_loop_losses(params, cfg, task, s_SxDxD))
+    per_sample[name] = np.asarray(losses.last_layer_loss_samples(params, cfg, task, s_SxDxD))
     row[f"{name}_eta"] = eta
   for name, (cfg, params) in trained.items():
-    per_sample[name] = np.asarray(last_loop_losses(params, cfg, task, s_SxDxD))
+    per_sample[name] = np.asarray(losses.last_layer_loss_samples(params, cfg, task, s_SxDxD))
   for name, values in per_sample.items():
     est = estimators.estimate(values, s_SxDxD)
     row[f"loss_{name}"], row[f"loss_{name}_se"] = est["value"], est["stderr"]
@@ -212,7 +205,7 @@ def run(ctx: common.Context) -> dict:
       "kappas": [r["kappa"] for r in cond],
       "rotation_seeds": [r["cov_seed"] for r in rot],
       "random_dist_to_identity": float(summaries["random"]["dist_to_identity"][0]),
-      "random_scale": float(np.trace(a_random) / a_random.shape[0]),
+      "random_scale": float(theory.mean_diagonal(a_random)),
       "fixed_dist_to_identity_whitened": float(
           summaries["fixed"]["dist_to_identity_whitened"][0]),
   }
@@ -226,5 +219,4 @@ def run(ctx: common.Context) -> dict:
   return results
 
 
-__all__ = ["run", "model_configs", "evaluation_covariances", "evaluate_on",
-           "last_loop_losses"]
+__all__ = ["run", "model_configs", "evaluation_covariances", "evaluate_on"]

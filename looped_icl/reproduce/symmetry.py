@@ -57,9 +57,9 @@ from looped_icl import config_lib
 from looped_icl import estimators
 from looped_icl import losses
 from looped_icl import solver
+from looped_icl import tasks as tasks_lib
 from looped_icl import theory
 from looped_icl.reproduce import common
-from looped_icl.reproduce import gatmiry_ood
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,12 +83,6 @@ CHUNKS = 10              # disjoint chunks for the Monte Carlo scale of the L = 
 COMPLEX_TOL = 1e-6       # |Im lambda| / max |lambda| above this counts as complex
 
 
-def asymmetry(a_DxD) -> float:
-  """||A - A^T||_F / ||A||_F: 0 for symmetric A, 2 for antisymmetric A."""
-  a_DxD = np.asarray(a_DxD, np.float64)
-  return float(np.linalg.norm(a_DxD - a_DxD.T) / np.linalg.norm(a_DxD))
-
-
 def sampled_l1_optimum(s_SxDxD, weight_S=None) -> np.ndarray:
   """argmin_A of the sampled L = 1 objective mean_S w tr(Sigma (I - A^T S)(I - A^T S)^T).
 
@@ -110,14 +104,14 @@ def l1_check(a_general, cov, n: int, fit: estimators.WeightedS) -> dict:
   chunks = np.stack([sampled_l1_optimum(s, w) for s, w in zip(
       np.array_split(s_SxDxD, CHUNKS), np.array_split(w_S, CHUNKS))])
   # Standard error of each entry of the full-sample estimate from the spread over chunks.
-  se_DxD = chunks.std(axis=0, ddof=1) / np.sqrt(CHUNKS)
+  _, se_DxD = estimators.mean_and_stderr(chunks)
   a_general = np.asarray(a_general, np.float64)
   return {"ahn_error": float(np.linalg.norm(a_general - ahn)),
           "ahn_rel_error": float(np.linalg.norm(a_general - ahn) / np.linalg.norm(ahn)),
           "mc_error_scale": float(np.sqrt(np.sum(se_DxD**2))),
           "sampled_rel_error": float(np.linalg.norm(a_general - sampled) /
                                      np.linalg.norm(sampled)),
-          "ahn_asymmetry": asymmetry(ahn)}
+          "ahn_asymmetry": theory.asymmetry(ahn)}
 def _spectrum(a_DxD) -> tuple[np.ndarray, float]:
   """Eigenvalues as (d, 2) [re, im] pairs and max |Im| / max |lambda|."""
   pairs = np.asarray(theory.eigenvalues_as_pairs(jnp.asarray(a_DxD)), np.float64)
@@ -131,8 +125,7 @@ def solve_point(exp: config_lib.Experiment, settings: Settings, key: jax.Array):
   """
   model, n = exp.model, exp.task.n
   with jax.enable_x64(True):
-    task = dataclasses.replace(exp.task, cov=jnp.asarray(np.asarray(exp.task.cov), jnp.float64),
-                               noise_std=jnp.asarray(float(exp.task.noise_std), jnp.float64))
+    task = tasks_lib.as_float64(exp.task)
     # Fit on the defensive default proposal; evaluate every optimum on one held-out sample from
     # the proposal chosen for the general optimum (looped_icl/estimators.py).
     s_fit = estimators.sample(jax.random.fold_in(key, 0), task, settings.samples,
@@ -149,7 +142,7 @@ def solve_point(exp: config_lib.Experiment, settings: Settings, key: jax.Array):
     row["test_proposal"] = proposal.describe()
     for constraint, (params, runs) in fitted.items():
       per_sample[constraint] = np.asarray(
-          gatmiry_ood.last_loop_losses(params, model, task, s_test))
+          losses.last_layer_loss_samples(params, model, task, s_test))
       a_DxD = np.asarray(params["a"], np.float64)
       optima[constraint] = a_DxD
       fits = [float(r.fun) for r in runs]
@@ -171,7 +164,7 @@ def solve_point(exp: config_lib.Experiment, settings: Settings, key: jax.Array):
       ratio_se = estimators.paired_ratio(per_sample["general"], per_sample[constraint], s_test)
       row[f"ratio_general_{constraint}"], row[f"ratio_general_{constraint}_se"] = ratio_se
     a_gen = optima["general"]
-    row["asymmetry_general"] = asymmetry(a_gen)
+    row["asymmetry_general"] = theory.asymmetry(a_gen)
     row["dist_to_identity_whitened_general"] = float(theory.dist_to_identity(
         theory.whiten_preconditioner(jnp.asarray(a_gen), task.cov)))
     row["complex_general"] = row["max_imag_whitened_general"] > COMPLEX_TOL
@@ -243,5 +236,5 @@ def run(ctx: common.Context) -> dict:
   return results
 
 
-__all__ = ["run", "solve_point", "sampled_l1_optimum", "l1_check", "asymmetry", "Settings",
+__all__ = ["run", "solve_point", "sampled_l1_optimum", "l1_check", "Settings",
            "FULL", "QUICK"]
