@@ -126,9 +126,6 @@ jit_population_loss_samples = jax.jit(population_loss_samples,
                                       static_argnames=("cfg", "num_loops"))
 
 
-def choose_proposal(params, cfg: models.ModelConfig, task: tasks_lib.TaskDistribution,
-                    key: jax.Array, pilot_samples: int, *, num_loops: int | None = None,
-                    layer: int = -1):
 def last_layer_loss_samples(params, cfg: models.ModelConfig, task: tasks_lib.TaskDistribution,
                             samples, *, num_loops: int | None = None) -> jax.Array:
   """The Rao-Blackwellised loss of the last layer (or loop) for each sample of S, (S,).
@@ -140,6 +137,9 @@ def last_layer_loss_samples(params, cfg: models.ModelConfig, task: tasks_lib.Tas
   return jit_population_loss_samples(params, cfg, task, samples, num_loops=num_loops)[:, -1]
 
 
+def choose_proposal(params, cfg: models.ModelConfig, task: tasks_lib.TaskDistribution,
+                    key: jax.Array, pilot_samples: int, *, num_loops: int | None = None,
+                    layer: int = -1):
   """(proposal, info) of least measured variance for this model's per-S loss at ``layer``
   (:func:`estimators.choose_proposal`)."""
   return estimators.choose_proposal(
