@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from looped_icl import reproduce
+from looped_icl import theory
 from looped_icl.reproduce import chen_bound
 from looped_icl.reproduce import common
 
@@ -126,10 +127,10 @@ def test_noise_floor_is_the_ols_error(quick):
     assert row["final_err_to_w_star_median"] == pytest.approx(np.median(floor), rel=1e-5)
     # E ||w_hat - w*||^2 = sigma^2 tr((X^T X)^{-1}) -> sigma^2 d / (n - d - 1) (inverse-Wishart
     # mean, Sigma = I), within 4 standard errors of the Monte Carlo mean.
-    theory = setting.noise_std**2 * setting.d / (setting.n - setting.d - 1)
+    expected = setting.noise_std**2 * setting.d / (setting.n - setting.d - 1)
     se = np.std(floor**2) / np.sqrt(floor.size)
-    assert abs(np.mean(floor**2) - theory) < 4 * se
-    assert row["ols_floor_mean_square_theory"] == pytest.approx(theory, rel=1e-12)
+    assert abs(np.mean(floor**2) - expected) < 4 * se
+    assert row["ols_floor_mean_square_theory"] == pytest.approx(expected, rel=1e-12)
 
 
 def test_draw_tasks_law():
@@ -140,5 +141,5 @@ def test_draw_tasks_law():
   cov = np.einsum("bni,bnj->ij", batch.x, batch.x) / (4000 * 7)
   # 28000 draws: the entries' standard errors are <= sqrt(2 / 28000) ~ 0.008.
   np.testing.assert_allclose(cov, setting.cov(), atol=0.05)
-  spec = chen_bound.spectral(batch)
+  spec = theory.chen_spectral(batch)
   assert np.max(np.abs(spec.delta_BxD)) < 1e-9           # noiseless: w_hat = w*
