@@ -1,7 +1,7 @@
 """Training-step benchmarks: full steps (sampling + forward + backward + optimizer) per second.
 
 Each workload is an :class:`~looped_icl.config_lib.Experiment` built from the base config; it is
-timed through the trainer's own jitted chunk (``train.make_train_chunk``), after compilation and
+timed through the trainer's own jitted chunk (``train_step.make_train_chunk``), after compilation and
 a warm-up, as the median over repeats. FLOP counts come from XLA's cost analysis of one step of
 the compiled program; the matmul peak is measured on this machine (a large float32 GEMM).
 """
@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from looped_icl import config_lib
-from looped_icl import train
+from looped_icl import train_step
 
 # name -> list of (label, overrides of the base config)
 WORKLOADS = {
@@ -91,14 +91,14 @@ def time_steps(exp: config_lib.Experiment, steps_per_call: int = 10, repeats: in
                runs: int | None = None):
   """(median seconds per step, XLA GFLOP of one step); ``runs``: a vmapped group of that many
   runs (seeds 0..runs-1), timed per step of the whole group."""
-  chunk = train.make_train_chunk(exp, num_runs=runs)
+  chunk = train_step.make_train_chunk(exp, num_runs=runs)
   exps = [exp] if runs is None else [dataclasses.replace(exp, seed=s) for s in range(runs)]
-  states = [train.initial_state(e) for e in exps]
-  hypers = [train.make_hyper(e) for e in exps]
+  states = [train_step.initial_state(e) for e in exps]
+  hypers = [train_step.make_hyper(e) for e in exps]
   if runs is None:
     state, hyper = states[0], hypers[0]
   else:
-    state, hyper = train.stack(states), train.stack(hypers)
+    state, hyper = train_step.stack(states), train_step.stack(hypers)
   params, opt_state = state["params"], state["opt_state"]
   one_step = chunk.lower(params, opt_state, hyper, jnp.arange(1)).compile()
   cost = one_step.cost_analysis()

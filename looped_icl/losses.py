@@ -39,12 +39,13 @@ def mc_loss(params, cfg: models.ModelConfig, batch, *, forward: str = "gram",
   return jnp.mean((preds - y_q) ** 2, axis=0)
 
 
-def _family_weights(params, cfg: models.ModelConfig, num_loops: int | None):
-  """Stacked (A_L, B_L or None, eta_L) of a preconditioner/gdpp/fixed model."""
+def _family_weights(params, cfg: models.ModelConfig, num_loops: int | None, eta=None):
+  """Stacked (A_L, B_L or None, eta_L) of a preconditioner/gdpp/fixed model (``eta``: the looped
+  step if not ``cfg.eta``; see :func:`looped_icl.models.attention_weights`)."""
   if cfg.parametrization not in POPULATION_FAMILIES:
     raise ValueError(f"parametrization must be one of {list(POPULATION_FAMILIES)} for the "
                      f"population loss, got {cfg.parametrization!r}")
-  p, q, eta = models.layer_weights(params, cfg, num_loops)
+  p, q, eta = models.layer_weights(params, cfg, num_loops, eta=eta)
   d = cfg.d
   a = q[:, :d, :d]
   b = p[:, :d, :d] if cfg.parametrization == "gdpp" else None
@@ -83,8 +84,10 @@ def _samples_of_s(samples) -> jax.Array:
 
 
 def population_loss_samples(params, cfg: models.ModelConfig, task: tasks_lib.TaskDistribution,
-                            samples, *, num_loops: int | None = None) -> jax.Array:
+                            samples, *, num_loops: int | None = None, eta=None) -> jax.Array:
   """The Rao-Blackwellised loss of every layer for each sample of S: (S, L), unweighted.
+
+  ``eta``: the looped step if not ``cfg.eta`` (a traced value in a sweep over it).
 
   ``samples``: S, (S, d, d), or :class:`~looped_icl.estimators.WeightedS` (its ``s``). The
   population loss is the mean of weight * value (:func:`looped_icl.estimators.estimate` gives it
@@ -94,7 +97,7 @@ def population_loss_samples(params, cfg: models.ModelConfig, task: tasks_lib.Tas
   tasks_lib.require_one_covariance(task, "the population loss")
   s_SxDxD = _samples_of_s(samples)
   chex.assert_shape(s_SxDxD, (None, cfg.d, cfg.d))
-  a_LxDxD, b_LxDxD, eta_L = _family_weights(params, cfg, num_loops)
+  a_LxDxD, b_LxDxD, eta_L = _family_weights(params, cfg, num_loops, eta)
   s_DxDxS = linalg.to_bl(s_SxDxD)
   if b_LxDxD is None:   # one A per layer, shared by every sample: (L, d, d, 1)
     a_layers = a_LxDxD[..., None]

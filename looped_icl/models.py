@@ -19,13 +19,13 @@ The preconditioner family computes w_{l+1} = w_l + eta A^T X^T (y - X w_l) / n e
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 
 import jax
 import jax.numpy as jnp
 
 from looped_icl import attention
+from looped_icl import fields
 from looped_icl import tasks as tasks_lib
 from looped_icl import validation
 
@@ -35,53 +35,36 @@ FORWARDS = ("gram", "tokens")
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig:
-  """Static description of a model (hashable: safe as a jit static argument).
+class ModelConfig(fields.Section):
+  """Static description of a model (hashable: safe as a jit static argument); the ``model``
+  section of the config schema (each field's doc below; ``d`` comes from ``task.d``).
 
-  Attributes:
-    d: covariate dimension (tokens have D = d + 1 rows).
-    num_layers: L, the number of layers (layered) or loops used in training (looped).
-    kind: ``looped`` (shared weights) or ``layered`` (separate weights per layer).
-    parametrization: ``full``, ``preconditioner``, ``gdpp`` or ``fixed``.
-    eta: step of a looped model, Z <- Z - eta Attn(Z) (ignored by layered non-fixed models).
-    activation: ``linear`` (Gram path available), ``relu`` or ``softmax`` (token path only).
-    per_loop_eta: ``fixed`` only: one trainable eta_t per loop instead of a shared eta.
-    init_scale: standard deviation of the Gaussian initialisation of trainable matrices.
+  ``eta`` is the configured looped step; a trainer that sweeps it passes the traced value to
+  :func:`predict` / :func:`layer_weights` (``eta=``) instead.
   """
-  d: int
-  num_layers: int
-  kind: str = "looped"
-  parametrization: str = "preconditioner"
-  eta: float = 1.0
-  activation: str = "linear"
-  per_loop_eta: bool = False
-  init_scale: float = 1e-3
+  d: int = fields.field(None, "Covariate dimension (tokens have D = d + 1 rows); task.d.",
+                        check=fields.positive_int, in_config=False)
+  num_layers: int = fields.field(4, "L: layers, or loops used in training.",
+                                 check=fields.positive_int)
+  kind: str = fields.field("looped", "looped (one block, shared weights) | layered (separate "
+                           "weights per layer).", choices=KINDS)
+  parametrization: str = fields.field("preconditioner", "full | preconditioner | gdpp | fixed "
+                                      "(see the table above).", choices=PARAMETRIZATIONS)
+  eta: float = fields.field(1.0, "Looped step: Z <- Z - eta Attn(Z); initial eta of the fixed "
+                            "parametrization.", check=fields.positive, hyper="eta")
+  activation: str = fields.field("linear", "linear | relu | softmax (relu/softmax need "
+                                 "train.forward = tokens).", choices=attention.ACTIVATIONS)
+  per_loop_eta: bool = fields.field(False, "fixed only: one trainable eta_t per loop.")
+  init_scale: float = fields.field(1e-3, "Std of the Gaussian initialisation of the trainable "
+                                   "matrices.", check=fields.nonnegative)
 
-  def __post_init__(self):
-    validation.positive_int("d", self.d)
-    validation.positive_int("num_layers", self.num_layers)
-    validation.choice("kind", self.kind, KINDS)
-    validation.choice("parametrization", self.parametrization, PARAMETRIZATIONS)
-    validation.choice("activation", self.activation, attention.ACTIVATIONS)
-    validation.positive("eta", self.eta)
-    validation.nonnegative("init_scale", self.init_scale)
+  def check(self):
     if self.per_loop_eta and self.parametrization != "fixed":
       raise ValueError("per_loop_eta must be False unless parametrization='fixed', got True")
 
   @property
   def dim(self) -> int:
     return self.d + 1
-
-
-def with_eta(cfg: ModelConfig, eta) -> ModelConfig:
-  """``cfg`` with its step replaced by ``eta``, possibly a traced array (not validated).
-
-  For vmapped sweeps over eta: runs that differ only in eta share one compiled program. The
-  result is not hashable when eta is an array; use it inside traced code only.
-  """
-  out = copy.copy(cfg)
-  object.__setattr__(out, "eta", eta)
-  return out
 
 
 def init_params(key: jax.Array, cfg: ModelConfig) -> dict[str, jax.Array]:
@@ -118,19 +101,24 @@ def _label_projector(d: int, lead: tuple[int, ...], dtype) -> jax.Array:
   return p.at[..., d, d].set(1.0)
 
 
-def attention_weights(params: dict[str, jax.Array], cfg: ModelConfig):
-  """The model's own (P, Q, eta) with the leading axis of its params (L for layered)."""
+def attention_weights(params: dict[str, jax.Array], cfg: ModelConfig, *, eta=None):
+  """The model's own (P, Q, eta) with the leading axis of its params (L for layered).
+
+  ``eta``: the looped step, if not ``cfg.eta`` (a traced value in a sweep over it); a layered
+  non-fixed model's step is 1 and a fixed model's its trained ``params["eta"]``.
+  """
+  step = cfg.eta if eta is None else eta
   if cfg.parametrization == "full":
     p, q = params["p"], params["q"]
-    eta = jnp.asarray(cfg.eta if cfg.kind == "looped" else 1.0, p.dtype)
+    eta = jnp.asarray(step if cfg.kind == "looped" else 1.0, p.dtype)
   elif cfg.parametrization == "preconditioner":
     a = params["a"]
     p, q = _label_projector(cfg.d, a.shape[:-2], a.dtype), _embed_top_left(a, 0.0)
-    eta = jnp.asarray(cfg.eta if cfg.kind == "looped" else 1.0, a.dtype)
+    eta = jnp.asarray(step if cfg.kind == "looped" else 1.0, a.dtype)
   elif cfg.parametrization == "gdpp":
     a, b = params["a"], params["b"]
     p, q = _embed_top_left(b, 1.0), _embed_top_left(a, 0.0)
-    eta = jnp.asarray(cfg.eta if cfg.kind == "looped" else 1.0, a.dtype)
+    eta = jnp.asarray(step if cfg.kind == "looped" else 1.0, a.dtype)
   else:
     eta = params["eta"]
     eye = jnp.eye(cfg.d, dtype=eta.dtype)
@@ -138,18 +126,19 @@ def attention_weights(params: dict[str, jax.Array], cfg: ModelConfig):
   return p, q, eta
 
 
-def layer_weights(params: dict[str, jax.Array], cfg: ModelConfig, num_loops: int | None = None):
+def layer_weights(params: dict[str, jax.Array], cfg: ModelConfig, num_loops: int | None = None,
+                  *, eta=None):
   """Stacked per-layer weights ``(p_LxDxD, q_LxDxD, eta_L)`` for ``num_loops`` layers.
 
   A looped model may be run for any number of loops (shared weights; with ``per_loop_eta`` the
   loops past the trained ones reuse the last eta_t). A layered model may be truncated to its first
-  ``num_loops`` layers but not extended.
+  ``num_loops`` layers but not extended. ``eta``: see :func:`attention_weights`.
   """
   num = cfg.num_layers if num_loops is None else validation.positive_int("num_loops", num_loops)
   if cfg.kind == "layered" and num > cfg.num_layers:
     raise ValueError(f"num_loops must be <= num_layers={cfg.num_layers} for a layered model, "
                      f"got {num}")
-  p, q, eta = attention_weights(params, cfg)
+  p, q, eta = attention_weights(params, cfg, eta=eta)
   dim = cfg.dim
   if cfg.kind == "layered":
     p = jnp.broadcast_to(p, (cfg.num_layers, dim, dim))[:num]
@@ -165,7 +154,7 @@ def layer_weights(params: dict[str, jax.Array], cfg: ModelConfig, num_loops: int
 
 def predict(params: dict[str, jax.Array], cfg: ModelConfig,
             batch: tasks_lib.Tasks | tasks_lib.GramTasks, *, forward: str = "gram",
-            num_loops: int | None = None, all_layers: bool = False) -> jax.Array:
+            num_loops: int | None = None, all_layers: bool = False, eta=None) -> jax.Array:
   """Predictions y_hat = -Z_L[d, n] for a batch of tasks.
 
   Args:
@@ -176,6 +165,7 @@ def predict(params: dict[str, jax.Array], cfg: ModelConfig,
     forward: ``gram`` (exact fast path; linear attention only) or ``tokens`` (reference).
     num_loops: layers/loops to run (default ``cfg.num_layers``).
     all_layers: return every layer's prediction, (B, num_loops), instead of the last, (B,).
+    eta: the looped step if not ``cfg.eta`` (see :func:`attention_weights`).
   """
   validation.choice("forward", forward, FORWARDS)
   # Validate the inputs before building any weights.
@@ -189,7 +179,7 @@ def predict(params: dict[str, jax.Array], cfg: ModelConfig,
     got_d = batch.gram.shape[-1] - 1
   if got_d != cfg.d:
     raise ValueError(f"batch dimension d={got_d} must equal model d={cfg.d}")
-  p, q, eta = layer_weights(params, cfg, num_loops)
+  p, q, eta = layer_weights(params, cfg, num_loops, eta=eta)
   if forward == "gram":
     gram = tasks_lib.to_gram(batch) if isinstance(batch, tasks_lib.Tasks) else batch
     preds = attention.forward_gram(p, q, eta, gram.gram, gram.query, gram.n)

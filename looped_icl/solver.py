@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -38,8 +36,8 @@ from looped_icl import losses
 from looped_icl import models
 from looped_icl import tasks as tasks_lib
 from looped_icl import theory
-from looped_icl import train
 from looped_icl import validation
+from looped_icl import workdir as workdir_lib
 
 RESTART_INIT_SCALE = 0.3
 
@@ -237,13 +235,19 @@ def solve_population_optimum(exp: config_lib.Experiment, key: jax.Array | None =
 
 
 def solve_into_workdir(config, workdir: str) -> dict:
-  """Validates ``config``, solves, writes ``workdir/optimum.json`` (what ``launch.solve`` runs).
+  """Validates ``config``, solves, writes ``workdir/optimum.json`` and ``optimum_config.json``
+  (what ``looped-icl solve`` runs); a finished solve of the same config is reused
+  (:func:`looped_icl.workdir.finished`).
 
   A model trained with the same config in ``workdir`` is compared on the same samples of S.
   """
   exp = config_lib.from_config(config)
-  result = solve_population_optimum(exp, trained_params=train.load_trained_params(exp, workdir))
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "optimum.json"), "w") as f:
-    json.dump(result, f, indent=2)
+  if workdir_lib.finished(workdir, config, "solve"):
+    logging.info("%s holds the finished solve of this config; optimum.json is reused", workdir)
+    return workdir_lib.read_json(workdir, workdir_lib.OPTIMUM)
+  trained = (workdir_lib.load_trained_params(exp, workdir)
+             if workdir_lib.same_config(workdir, config) else None)
+  result = solve_population_optimum(exp, trained_params=trained)
+  workdir_lib.write_json(workdir, workdir_lib.OPTIMUM, result)
+  workdir_lib.write_config(config, workdir, workdir_lib.OPTIMUM_CONFIG)
   return result

@@ -12,10 +12,11 @@ Each point is a dict of dotted config fields -> values (:func:`axis`, :func:`pro
 metrics.jsonl, checkpoints, summary.json, figures), then writes ``WORKDIR/sweep.csv`` (one row
 per point: its fields and summary metrics) and ``WORKDIR/sweep.png``.
 
-Points whose configs differ only in :data:`VMAPPABLE` fields (seed, learning rate, eta, noise,
-covariance) share shapes: they form one group, trained by one vmapped program
-(:func:`looped_icl.train.train_runs`); other groups run in turn. A finished point (summary.json
-for the same config) is skipped; an interrupted one resumes from its checkpoints.
+Points whose configs differ only in the schema's ``hyper`` fields (seed, learning rate, eta,
+noise, covariance: :func:`looped_icl.config_lib.hyper_fields`) share one program: they form one
+group, trained by one vmapped program (:func:`looped_icl.train.train_runs`); other groups run in
+turn. A finished point (:func:`looped_icl.workdir.finished`) is skipped; an interrupted one
+resumes from its checkpoints.
 """
 
 from __future__ import annotations
@@ -39,11 +40,8 @@ from looped_icl import plotting
 from looped_icl import sharding
 from looped_icl import tables
 from looped_icl import train
+from looped_icl import workdir as workdir_lib
 
-# Fields that enter training only as traced numbers (train.Hyper): points differing only in
-# these share one compiled program.
-VMAPPABLE = ("seed", "train.learning_rate", "model.eta", "task.noise_std", "task.covariance",
-             "task.spectrum", "task.kappa", "task.rho", "task.alpha", "task.cov_seed")
 SUMMARY_METRICS = ("final_eval_loss", "final_eval_loss_stderr", "population_loss",
                    "population_loss_stderr", "train_wall_time_s")
 # Tail diagnostics of the population loss (looped_icl/estimators.py), columns population_loss_*.
@@ -125,21 +123,9 @@ def load(spec: str) -> tuple[ml_collections.ConfigDict, list[dict]]:
   return module.get_config(arg), grid
 
 
-def group_key(config: ml_collections.ConfigDict) -> str:
-  """Equal for configs that differ only in :data:`VMAPPABLE` fields (one compiled program)."""
-  flat = json.loads(config.to_json_best_effort())
-  for field in VMAPPABLE:
-    *path, last = field.split(".")
-    node = flat
-    for part in path:
-      node = node[part]
-    node.pop(last, None)
-  return json.dumps(flat, sort_keys=True)
-
-
-def _finished(workdir: str, config: ml_collections.ConfigDict) -> bool:
-  return (train.same_config(workdir, config)
-          and os.path.exists(os.path.join(workdir, "summary.json")))
+def group_key(exp: config_lib.Experiment) -> str:
+  """Equal for experiments that share one compiled program (all but the ``hyper`` fields)."""
+  return json.dumps(config_lib.program_fields(exp), sort_keys=True, default=str)
 
 
 def run(spec: str, workdir: str, *, vmap: bool = True, mesh=None) -> list[dict]:
@@ -160,12 +146,12 @@ def run(spec: str, workdir: str, *, vmap: bool = True, mesh=None) -> list[dict]:
   names = [p["workdir"] for p in points]
   if len(set(names)) != len(names):
     raise ValueError("sweep points must be distinct; two points have the same fields")
-  todo = [p for p in points if not _finished(p["workdir"], p["config"])]
+  todo = [p for p in points if not workdir_lib.finished(p["workdir"], p["config"])]
   logging.info("sweep %s: %d points, %d finished, %d to run", spec, len(points),
                len(points) - len(todo), len(todo))
   groups: dict[str, list[dict]] = {}
   for p in todo:
-    groups.setdefault(group_key(p["config"]), []).append(p)
+    groups.setdefault(group_key(p["exp"]), []).append(p)
   for index, group in enumerate(groups.values()):
     logging.info("group %d/%d: %d point(s)%s", index + 1, len(groups), len(group),
                  " vmapped" if vmap and len(group) > 1 else "")
@@ -181,23 +167,20 @@ def run(spec: str, workdir: str, *, vmap: bool = True, mesh=None) -> list[dict]:
 
 def _train_batch(batch: list[dict], mesh) -> None:
   for p in batch:
-    train.write_config(p["config"], p["workdir"])
+    workdir_lib.write_config(p["config"], p["workdir"])
   t0 = time.perf_counter()
   runs = train.train_runs([p["exp"] for p in batch], [p["workdir"] for p in batch], mesh=mesh)
   train_time = (time.perf_counter() - t0) / len(batch)
   for p, r in zip(batch, runs):
     if r.diverged:
-      summary = {"status": "diverged", "message": r.diverged}
-      if sharding.is_primary():
-        with open(os.path.join(p["workdir"], "summary.json"), "w") as f:
-          json.dump(summary, f, indent=2)
+      workdir_lib.write_json(p["workdir"], workdir_lib.SUMMARY,
+                         {"status": "diverged", "message": r.diverged})
     else:
       train.finish(p["exp"], p["workdir"], r.params, r.history, train_time)
 
 
 def _row(point: dict) -> dict:
-  with open(os.path.join(point["workdir"], "summary.json")) as f:
-    summary = json.load(f)
+  summary = workdir_lib.read_json(point["workdir"], workdir_lib.SUMMARY)
   row = {"point": os.path.basename(point["workdir"])}
   row.update({k: _fmt(v) if isinstance(v, (list, tuple)) else v
               for k, v in point["overrides"].items()})
@@ -205,7 +188,7 @@ def _row(point: dict) -> dict:
   row.update({k: summary.get(k, float("nan")) for k in SUMMARY_METRICS})
   estimate = summary.get("population_loss_estimate", {})
   row.update({f"population_loss_{k}": estimate.get(k, float("nan")) for k in ESTIMATE_METRICS})
-  history = train.read_metrics(point["workdir"])
+  history = workdir_lib.read_metrics(point["workdir"])
   row["final_train_loss"] = history[-1]["loss"] if history else float("nan")
   row["steps"] = history[-1]["step"] if history else 0
   return row

@@ -1,10 +1,14 @@
 """Config validation: every field's bad value fails fast with a message naming the field."""
 
+import dataclasses
 import pathlib
 
 import pytest
 
 from looped_icl import config_lib
+from looped_icl import fields
+from looped_icl import models
+from looped_icl import train_step
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "looped_icl" / "configs"
 CONFIG_NAMES = config_lib.config_names()
@@ -69,6 +73,7 @@ BAD_FIELDS = [
     ("train.log_every", 0, "train.log_every"),
     ("train.checkpoint_every", 150, "train.checkpoint_every"),
     ("train.keep_checkpoints", 0, "train.keep_checkpoints"),
+    ("train.tensorboard", "yes", "train.tensorboard"),
     ("train.eval_tasks", 0, "train.eval_tasks"),
     ("train.eval_population_samples", 0, "train.eval_population_samples"),
     ("train.population_proposal", "inflated", "train.population_proposal"),
@@ -148,3 +153,40 @@ def test_load_accepts_paths_and_names():
     config_lib.load("no_such_config")
   with pytest.raises(ValueError, match="^config file 'no/such.py' does not exist"):
     config_lib.load("no/such.py:quick")
+
+
+def test_schema_is_the_dataclasses():
+  """The ConfigDict is generated from the typed sections: same fields, same defaults, a doc each."""
+  config = config_lib.base_config()
+  for name, cls in config_lib.SECTIONS.items():
+    node = config[name] if name else config
+    for f in fields.config_fields(cls):
+      assert node[f.name] == f.default, (name, f.name)
+      assert f.metadata["doc"] and "\n" not in f.metadata["doc"], (name, f.name)
+  assert set(config_lib.field_docs()) == {"seed"} | {
+      f"{s}.{k}" for s in ("task", "model", "train", "solver") for k in config[s].keys()}
+  exp = config_lib.from_config(config)
+  assert exp.train == config_lib.TrainConfig() and exp.solver == config_lib.SolverConfig()
+  assert exp.model == models.ModelConfig(d=config.task.d)
+
+
+def test_hyper_metadata_names_the_hyper_leaves():
+  """The fields marked ``hyper`` are exactly what train_step.Hyper carries, and nothing else
+  may differ inside a vmapped group."""
+  leaves = {f.name for f in dataclasses.fields(train_step.Hyper)}
+  assert set(config_lib.hyper_fields().values()) == leaves
+  assert config_lib.hyper_fields()["train.learning_rate"] == "learning_rate"
+  assert config_lib.hyper_fields()["seed"] == "data_key"
+  program = config_lib.program_fields(config_lib.from_config(config_lib.base_config()))
+  assert not set(program) & set(config_lib.hyper_fields())
+  assert set(program) | set(config_lib.hyper_fields()) == set(config_lib.field_docs())
+
+
+def test_gatmiry_steps_follow_an_overridden_learning_rate():
+  """train.steps is a FieldReference on train.learning_rate: the flow time stays 200 (60 quick)."""
+  for arg, flow_time in (("", 200.0), ("quick", 60.0)):
+    config = config_lib.load(f"gatmiry_looped:{arg}" if arg else "gatmiry_looped")
+    assert config.train.steps * config.train.learning_rate == pytest.approx(flow_time)
+    config.train.learning_rate = 0.025
+    assert config.train.steps == round(flow_time / 0.025)
+    assert config_lib.from_config(config).train.steps == round(flow_time / 0.025)

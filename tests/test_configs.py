@@ -10,6 +10,7 @@ from looped_icl import config_lib
 from looped_icl import models
 from looped_icl import tasks
 from looped_icl import train
+from looped_icl import train_step
 
 CONFIGS = sorted(p.stem for p in (pathlib.Path(__file__).resolve().parents[1] / "looped_icl" / "configs").glob(
     "*.py"))
@@ -35,7 +36,7 @@ def test_quick_variant_trains_and_learns(name, tmp_path):
   # median, not the mean: some families (GD++) are heavy-tailed in S, so batch means of the same
   # model jump by orders of magnitude between batches (see the ahn_gdpp config).
   held_out = tasks.sample_tasks(jax.random.key(2024), exp.task, 4096)
-  init = models.init_params(train.root_keys(exp.seed)["init"], exp.model)
+  init = models.init_params(train_step.root_keys(exp.seed)["init"], exp.model)
   before, after = (_median_task_loss(p, exp, held_out) for p in (init, params))
   assert after < 0.9 * before, (before, after, losses)
   if exp.train.mode == "gradient_flow":

@@ -17,7 +17,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = textwrap.dedent("""
     import json, sys
     import jax, numpy as np
-    from looped_icl import config_lib, sharding, tasks, train
+    from looped_icl import config_lib, sharding, tasks, train, train_step
 
     workdir = sys.argv[1]
     one = sharding.data_mesh(jax.devices()[:1])
@@ -46,9 +46,9 @@ WORKER = textwrap.dedent("""
     out["gram_shards"] = [list(s.data.shape) for s in batch.gram.addressable_shards]
     out["batch_equal_to_one_device"] = bool(np.array_equal(
         np.asarray(batch.gram), np.asarray(tasks.sample_gram(jax.random.key(0), exp.task, 64).gram)))
-    hlo = train.make_train_chunk(exp, layout).lower(
-        *(lambda s: (s["params"], s["opt_state"]))(train.initial_state(exp)),
-        train.make_hyper(exp), jax.numpy.arange(1)).compile().as_text()
+    hlo = train_step.make_train_chunk(exp, layout).lower(
+        *(lambda s: (s["params"], s["opt_state"]))(train_step.initial_state(exp)),
+        train_step.make_hyper(exp), jax.numpy.arange(1)).compile().as_text()
     out["chunk_is_partitioned"] = "all-reduce" in hlo
 
     # A vmapped group of 4 runs (seeds): split over the devices, one run per device.

@@ -15,6 +15,7 @@ from looped_icl import checkpointing
 from looped_icl import config_lib
 from looped_icl import sweep
 from looped_icl import train
+from looped_icl import workdir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,7 +46,7 @@ def test_apply_and_names():
 
 def test_groups_share_shapes_only():
   base = config_lib.load("sweep_loops:quick")
-  key = sweep.group_key
+  key = lambda config: sweep.group_key(config_lib.from_config(config))
   same = [{"seed": 3}, {"train.learning_rate": 0.3}, {"model.eta": 0.5}, {"task.noise_std": 0.1},
           {"task.covariance": "condition", "task.kappa": 10.0}]
   for overrides in same:
@@ -123,7 +124,7 @@ def test_vmapped_equals_one_by_one(tiny):
     params, history = train.train(exp, str(root / "alone" / row["point"]))
     # The same program up to vectorisation: float32 rounding only.
     np.testing.assert_allclose(history[-1]["loss"], row["final_train_loss"], rtol=1e-5)
-    np.testing.assert_allclose(params["a"], train.load_trained_params(exp, str(point))["a"],
+    np.testing.assert_allclose(params["a"], workdir.load_trained_params(exp, str(point))["a"],
                                rtol=1e-5, atol=1e-7)
 
 

@@ -15,6 +15,7 @@ from looped_icl import losses
 from looped_icl import models
 from looped_icl import theory
 from looped_icl import train
+from looped_icl import train_step
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -87,8 +88,8 @@ def test_logged_grad_norm_is_the_raw_gradient_norm_of_the_step(tmp_path):
   config.train.batch_size = 256
   exp = config_lib.from_config(config)
   _, history = train.train(exp, str(tmp_path))
-  keys = train.root_keys(exp.seed)
-  s = train.population_samples(exp, train.step_data_key(keys["data"], jax.numpy.asarray(0), 0))
+  keys = train_step.root_keys(exp.seed)
+  s = train_step.population_samples(exp, train_step.step_data_key(keys["data"], jax.numpy.asarray(0), 0))
   params0 = models.init_params(keys["init"], exp.model)
   grads = jax.grad(losses.population_loss)(params0, exp.model, exp.task, s)
   expected = np.sqrt(sum(float(np.sum(np.asarray(g, np.float64)**2))

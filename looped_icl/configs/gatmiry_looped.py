@@ -6,7 +6,7 @@ Sigma with spectrum (1, 1, 1/4, 1/16, 1), w* ~ N(0, I). Gradient-flow mode: plai
 exact population objective over one fixed sample of 1024 S (metrics.jsonl logs flow_time). The
 step is min(0.1, 0.4 / L) (from A = 0 the first step moves A by about 2 L lr, so a larger step
 overshoots for L >= 8) and the run lasts flow time 200 (quick: 60), so runs with different L are
-compared at equal flow time.
+compared at equal flow time; ``train.steps`` follows an overridden learning rate.
 
 Run:
   looped-icl train --config=gatmiry_looped --workdir=/tmp/looped_icl/gat4
@@ -23,6 +23,11 @@ from looped_icl import config_lib
 
 FLOW_TIME = 200.0
 QUICK_FLOW_TIME = 60.0
+
+
+def flow_steps(config, flow_time: float):
+  """round(flow_time / train.learning_rate), as a reference that follows the learning rate."""
+  return (flow_time / config.train.get_ref("learning_rate") + 0.5).to_int()
 
 
 def get_config(arg: str | None = None):
@@ -47,7 +52,9 @@ def get_config(arg: str | None = None):
   config.train.resample_every = 0
   config.train.schedule = "constant"
   config.train.learning_rate = learning_rate
-  config.train.steps = round(FLOW_TIME / learning_rate)
+  # Steps follow the learning rate (a FieldReference): --config.train.learning_rate=X keeps the
+  # flow time steps x lr at FLOW_TIME.
+  config.train.steps = flow_steps(config, FLOW_TIME)
   config.train.batch_size = 1024
   config.train.log_every = 100
   config.train.checkpoint_every = 2000
@@ -57,7 +64,7 @@ def get_config(arg: str | None = None):
   config.solver.restarts = 2
   config.solver.max_iters = 300
   if "quick" in parts:
-    config_lib.make_quick(config, steps=round(QUICK_FLOW_TIME / learning_rate), batch_size=512)
+    config_lib.make_quick(config, steps=flow_steps(config, QUICK_FLOW_TIME), batch_size=512)
     config.solver.samples = 2000
     config.solver.max_iters = 150
   return config

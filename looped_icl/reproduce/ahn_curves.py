@@ -4,7 +4,8 @@ A sweep is a list of points (N, L): N in-context examples, L layers / steps. At 
 reproductions compare, on ONE shared sample of S = X^T X / N (so every difference is paired):
 
 * ``transformer``: the L-layer linear transformer (layered preconditioner family, general A_l)
-  trained by Adam on the exact population objective (configs/ahn_loss_curves.py);
+  trained by Adam on the exact population objective (the ahn_loss_curves config), one run of
+  the trainer per point (:func:`train_points`; ``runs/n=N,L=L``, resumable and reused);
 * ``optimum``: the family's population optimum in Ahn's form A_l = c_l Sigma^{-1} (Ahn et al.
   §4.3: Sigma^{1/2} A_l Sigma^{1/2} ~ c_l I), the steps c_l found by the solver
   (:func:`optimal_steps`). L free numbers instead of 25 L: fitted to a few thousand draws of the
@@ -15,15 +16,11 @@ reproductions compare, on ONE shared sample of S = X^T X / N (so every differenc
   population-optimal step (:func:`looped_icl.baselines.best_gd_eta`). The family contains both,
   and ``optimum`` contains ``pgd``, so optimum <= pgd exactly.
 
-Two facts make a sweep cheap (one compilation for all its points instead of one per point):
-
-* With no label noise the population loss depends on N only through the law of S (the noise
-  terms of :mod:`looped_icl.losses` vanish), so every point shares one task distribution for the
-  loss and S is drawn at each point's own N (:func:`sample_s`, N a traced argument).
-* All points are trained at once as a batch of independent models (:func:`train_sweep`): Adam and
-  the per-matrix clip act coordinate- / matrix-wise, so summing the points' losses trains each
-  exactly as alone. An L-layer model is the first L layers of an L_max-layer one whose other
-  layers are masked to A = 0 (the identity map).
+The evaluation is cheap (one compilation for all the points instead of one per point): with no
+label noise the population loss depends on N only through the law of S (the noise terms of
+:mod:`looped_icl.losses` vanish), so every point shares one task distribution for the loss and S
+is drawn at each point's own N (:func:`sample_s`, N a traced argument); an L-layer model is
+evaluated as an L_max-layer one padded with A = 0 layers (the identity map).
 
 Evaluation runs in float64. Losses are the in-context loss E[(y_hat - y_q)^2] (SPEC section 4).
 """
@@ -45,11 +42,10 @@ from looped_icl import covariance as cov_lib
 from looped_icl import estimators
 from looped_icl import losses
 from looped_icl import models
-from looped_icl import optim
 from looped_icl import solver
 from looped_icl import tasks as tasks_lib
 from looped_icl import theory
-from looped_icl import train as train_lib
+from looped_icl import train_step
 from looped_icl.reproduce import common
 
 FAMILIES = ("transformer", "optimum", "pgd", "gd")
@@ -61,7 +57,7 @@ PAPER_STEPS_L3 = (0.42, 0.69, 1.71)
 
 
 def experiment(ctx: common.Context) -> config_lib.Experiment:
-  """configs/ahn_loss_curves.py (quick if ``ctx.quick``), checked to have no label noise."""
+  """The ahn_loss_curves config (quick if ``ctx.quick``), checked to have no label noise."""
   exp = config_lib.from_config(common.load_config("ahn_loss_curves", ctx))
   if float(exp.task.noise_std) != 0.0:
     raise ValueError("task.noise_std must be 0 for the Ahn loss curves (one task serves every N)")
@@ -120,63 +116,31 @@ def sample_s(key: jax.Array, cov, ns: Sequence[int], num: int) -> jax.Array:
   return jnp.stack([_sample_s(jax.random.fold_in(key, n), chol_DxD, n, n_max, num) for n in ns])
 
 
-def train_sweep(exp: config_lib.Experiment, ns: Sequence[int], depths: Sequence[int]):
-  """Trains one layered preconditioner model per point (ns[k], depths[k]), all at once.
+# Each point's own summary is not what the curves report (evaluate_sweep measures every family
+# on shared samples), so its run evaluates on small samples.
+POINT_EVAL_SAMPLES = 2000
 
-  Uses ``exp.train``'s optimizer, schedule, steps, batch (samples of S per step and point) and
-  resampling, and ``exp.model``'s initialisation, on the population objective.
+
+def train_points(ctx: common.Context, ns: Sequence[int], depths: Sequence[int]):
+  """Trains the layered preconditioner model of each point (ns[k], depths[k]) with the trainer,
+  in ``runs/n=N,L=L`` (the ahn_loss_curves config with task.n and model.num_layers set).
 
   Returns:
     (a, curve): ``a[k]`` the trained (depths[k], d, d) preconditioners (float64 NumPy), and
-    ``curve`` (steps // log_every, K + 1): step, then each point's mean training loss over the
-    last ``log_every`` steps.
+    ``curve`` (steps // log_every, K + 1): the logged step, then each point's chunk-mean
+    training loss.
   """
-  tc = exp.train
-  if tc.objective != "population" or tc.mode != "standard" or tc.clip_global_norm > 0:
-    raise ValueError("train must be objective='population', mode='standard' and "
-                     "clip_global_norm=0 (a global clip would couple the sweep's points)")
-  num_points, l_max, n_max = len(ns), max(depths), max(ns)
-  model = dataclasses.replace(exp.model, num_layers=l_max)
-  mask_KxL = jnp.asarray(np.arange(l_max)[None, :] < np.asarray(depths)[:, None], jnp.float32)
-  ns_K = jnp.asarray(ns, jnp.float32)
-  chol_DxD = jnp.linalg.cholesky(exp.task.cov)
-  keys = train_lib.root_keys(exp.seed)
-  a0_KxLxDxD = jnp.stack([models.init_params(jax.random.fold_in(keys["init"], k), model)["a"]
-                          for k in range(num_points)])
-  optimizer = optim.make_optimizer(tc)
-
-  def losses_K(a_KxLxDxD, step):
-    key = train_lib.step_data_key(keys["data"], step, tc.resample_every)
-    s_KxBxDxD = jax.vmap(lambda k, n: _sample_s(k, chol_DxD, n, n_max, tc.batch_size))(
-        jax.random.split(key, num_points), ns_K)
-    return jax.vmap(lambda a, m, s: losses.population_loss({"a": a * m[:, None, None]}, model,
-                                                           exp.task, s))(
-                                                               a_KxLxDxD, mask_KxL, s_KxBxDxD)
-
-  def objective(a_KxLxDxD, step):
-    per_point_K = losses_K(a_KxLxDxD, step)
-    return jnp.sum(per_point_K), per_point_K
-
-  def step_fn(carry, step):
-    a, opt_state = carry
-    (_, per_point_K), grads = jax.value_and_grad(objective, has_aux=True)(a, step)
-    updates, opt_state = optimizer.update(grads, opt_state, a)
-    return (a + updates, opt_state), per_point_K
-
-  @jax.jit
-  def run(a):
-    (a, _), losses_TxK = jax.lax.scan(step_fn, (a, optimizer.init(a)), jnp.arange(tc.steps))
-    return a * mask_KxL[:, :, None, None], losses_TxK
-
-  a_KxLxDxD, losses_TxK = run(a0_KxLxDxD)
-  losses_TxK = np.asarray(losses_TxK, np.float64)
-  if not np.all(np.isfinite(losses_TxK)):
-    raise train_lib.TrainingDiverged("a sweep's training diverged; lower train.learning_rate")
-  chunks = tc.steps // tc.log_every
-  means = losses_TxK[:chunks * tc.log_every].reshape(chunks, tc.log_every, -1).mean(axis=1)
-  steps = (np.arange(chunks) + 1.0) * tc.log_every
-  a = np.asarray(a_KxLxDxD, np.float64)
-  return [a[k, :depth] for k, depth in enumerate(depths)], np.column_stack([steps, means])
+  trained, histories = [], []
+  for n, depth in zip(ns, depths):
+    config = common.load_config("ahn_loss_curves", ctx)
+    config.task.n, config.model.num_layers = n, depth
+    config.train.eval_tasks = config.train.eval_population_samples = POINT_EVAL_SAMPLES
+    _, history, params = common.train_run(ctx, f"n={n},L={depth}", config)
+    trained.append(np.asarray(params["a"], np.float64))
+    histories.append(history)
+  steps = [row["step"] for row in histories[0]]
+  losses_TxK = np.asarray([[row["loss"] for row in h] for h in histories], np.float64).T
+  return trained, np.column_stack([steps, losses_TxK])
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
@@ -204,7 +168,7 @@ def _mean_se(x) -> tuple[float, float]:
 
 def _eval_samples(exp: config_lib.Experiment, task, ns: Sequence[int]) -> jax.Array:
   """The sweep's shared evaluation draws of S, (K, eval_population_samples, d, d)."""
-  key = jax.random.fold_in(train_lib.root_keys(exp.seed)["eval"], 1)
+  key = jax.random.fold_in(train_step.root_keys(exp.seed)["eval"], 1)
   return sample_s(key, task.cov, ns, exp.train.eval_population_samples)
 
 
@@ -251,7 +215,7 @@ def evaluate_sweep(exp: config_lib.Experiment, ns: Sequence[int], depths: Sequen
       random restarts): ``general``. Fitted to a finite sample of heavy-tailed S it overfits, so
       on fresh samples it lands above ``optimum``; it checks that no general A_l beats Ahn's form.
   """
-  keys = train_lib.root_keys(exp.seed)
+  keys = train_step.root_keys(exp.seed)
   families = FAMILIES + (("general",) if general_solver else ())
   pairs = PAIRS + ((("general", "optimum"),) if general_solver else ())
   rows = []
@@ -328,7 +292,7 @@ def ols_losses(exp: config_lib.Experiment, ns: Sequence[int]) -> list[dict]:
   compilation for every N). Both carry standard errors; both are 0 for N >= d (exact
   interpolation of noiseless labels).
   """
-  key = jax.random.fold_in(train_lib.root_keys(exp.seed)["eval"], 2)
+  key = jax.random.fold_in(train_step.root_keys(exp.seed)["eval"], 2)
   rows = []
   with jax.enable_x64(True):
     task = task64(exp)

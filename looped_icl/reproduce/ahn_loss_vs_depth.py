@@ -62,7 +62,7 @@ def _figure(ctx: common.Context, rows: list[dict], curve: np.ndarray) -> str:
 def run(ctx: common.Context) -> dict:
   exp = ahn_curves.experiment(ctx)
   ns = (N,) * len(DEPTHS)
-  trained, curve = ahn_curves.train_sweep(exp, ns, DEPTHS)
+  trained, curve = ahn_curves.train_points(ctx, ns, DEPTHS)
   rows = ahn_curves.evaluate_sweep(exp, ns, DEPTHS, trained, general_solver=not ctx.quick)
   names = [name for name in LABELS if name in rows[0]]
   common.write_csv(ctx, "loss_vs_depth.csv", [

@@ -58,7 +58,7 @@ def run(ctx: common.Context) -> dict:
   exp = ahn_curves.experiment(ctx)
   ns = QUICK_NS if ctx.quick else NS
   depths = (LAYERS,) * len(ns)
-  trained, curve = ahn_curves.train_sweep(exp, ns, depths)
+  trained, curve = ahn_curves.train_points(ctx, ns, depths)
   rows = ahn_curves.evaluate_sweep(exp, ns, depths, trained, general_solver=not ctx.quick)
   rows = [dict(r, **o) for r, o in zip(rows, ahn_curves.ols_losses(exp, ns))]
   common.write_csv(ctx, "loss_vs_n.csv", rows)

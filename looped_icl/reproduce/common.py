@@ -24,6 +24,7 @@ from looped_icl import plotting
 from looped_icl import solver
 from looped_icl import tables
 from looped_icl import train
+from looped_icl import workdir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,30 +50,17 @@ def load_config(name: str, ctx: Context, arg: str = "") -> ml_collections.Config
 def train_run(ctx: Context, name: str, config: ml_collections.ConfigDict):
   """Trains ``config`` in ``runs/NAME`` (reused if finished); returns (summary, history, params)."""
   run_dir = ctx.run_dir(name)
-  summary_path = os.path.join(run_dir, "summary.json")
+  summary = train.train_and_evaluate(config, run_dir)
   exp = config_lib.from_config(config)
-  if os.path.exists(summary_path) and train.same_config(run_dir, config):
-    with open(summary_path) as f:
-      summary = json.load(f)
-  else:
-    summary = train.train_and_evaluate(config, run_dir)
-  return summary, train.read_metrics(run_dir), train.load_trained_params(exp, run_dir)
+  return summary, workdir.read_metrics(run_dir), workdir.load_trained_params(exp, run_dir)
 
 
 def solve_run(ctx: Context, name: str, config: ml_collections.ConfigDict) -> dict:
-  """The population optimum of ``config`` in ``runs/NAME/optimum.json`` (reused if present).
+  """The population optimum of ``config`` in ``runs/NAME/optimum.json`` (reused if finished).
 
   A model trained in the same run directory is compared on the same samples (``trained_model``).
   """
-  run_dir = ctx.run_dir(name)
-  path = os.path.join(run_dir, "optimum.json")
-  if os.path.exists(path) and train.same_config(run_dir, config, "optimum_config.json"):
-    with open(path) as f:
-      return json.load(f)
-  result = solver.solve_into_workdir(config, run_dir)
-  with open(os.path.join(run_dir, "optimum_config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
-  return result
+  return solver.solve_into_workdir(config, ctx.run_dir(name))
 
 
 def write_csv(ctx: Context, filename: str, rows: Sequence[Mapping]) -> str:

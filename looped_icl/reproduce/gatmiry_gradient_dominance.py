@@ -19,7 +19,7 @@ n = 10^6 (S is sampled by Bartlett, so the cost does not depend on n; every S is
 32 samples of S, step 0.05 / L (the first step moves A by ~0.1), run until
 (f - f*)/(f_0 - f*) ~ 2e-5 by the flow-time formula above. Every logged row gives last_loss and
 grad_norm (the raw global gradient norm of the same step). f* is the minimum of the SAME fixed-S
-objective: the training sample is rebuilt exactly as ``train.make_objective`` draws it
+objective: the training sample is rebuilt exactly as ``train_step.make_objective`` draws it
 (step-0 data key; gradient-flow mode never resamples) and minimised by
 ``solver.minimize_population_loss`` in float64.
 
@@ -44,7 +44,6 @@ row ||grad f||^2 / (f - f*) equals 2 lambda_min(H) to 0.1%.
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 import shutil
@@ -62,6 +61,8 @@ from looped_icl import solver
 from looped_icl import tasks as tasks_lib
 from looped_icl import theory
 from looped_icl import train
+from looped_icl import train_step
+from looped_icl import workdir
 from looped_icl.reproduce import common
 
 CONFIG = "gatmiry_looped"
@@ -118,15 +119,9 @@ def _flow_run(ctx: common.Context, name: str, config) -> tuple[dict, list[dict]]
   the same config is reused (train.train resumes from its last checkpoint).
   """
   run_dir = ctx.run_dir(name)
-  path = os.path.join(run_dir, "config.json")
-  if os.path.exists(path):
-    with open(path) as f:
-      if json.load(f) != json.loads(config.to_json_best_effort()):
-        shutil.rmtree(run_dir)
-  os.makedirs(run_dir, exist_ok=True)
-  with open(path, "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
-  return train.train(config_lib.from_config(config), run_dir)
+  if os.path.exists(run_dir) and not workdir.same_config(run_dir, config):
+    shutil.rmtree(run_dir)   # a run of another config: start again rather than mix the two
+  return train.train(workdir.write_config(config, run_dir), run_dir)
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
@@ -145,12 +140,12 @@ def _objective_optimum(exp: config_lib.Experiment, *, restarts: int, hessian: bo
   """f_0, f* (and the Hessian's eigenvalues there) of the run's own fixed-S objective, float64.
 
   Call with x64 enabled iff the run trained in float64: the sample is drawn in the run's dtype,
-  exactly as ``train.make_objective`` draws it (the step-0 data key: gradient-flow mode never
+  exactly as ``train_step.make_objective`` draws it (the step-0 data key: gradient-flow mode never
   resamples), then cast to float64.
   """
-  data_key = train.step_data_key(train.root_keys(exp.seed)["data"], 0, 0)
-  samples = jax.tree.map(np.asarray, train.population_samples(exp, data_key))
-  init = models.init_params(train.root_keys(exp.seed)["init"], exp.model)
+  data_key = train_step.step_data_key(train_step.root_keys(exp.seed)["data"], 0, 0)
+  samples = jax.tree.map(np.asarray, train_step.population_samples(exp, data_key))
+  init = models.init_params(train_step.root_keys(exp.seed)["init"], exp.model)
   with jax.enable_x64(True):
     task = tasks_lib.as_float64(exp.task)
     s_SxDxD = estimators.WeightedS(s=jnp.asarray(samples.s, jnp.float64),
