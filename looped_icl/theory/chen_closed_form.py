@@ -169,7 +169,7 @@ def chen_loops_to_epsilon(spec: ChenSpectral, eps: float) -> np.ndarray:
   [0, 1)), and the bound guarantees T <= ceil(2 kappa ln(1/eps)); both are used (and checked).
   """
   target_B = eps * spec.alpha("euclidean")
-  hi_B = np.ceil(2.0 * spec.kappa_B * math.log(1.0 / eps)).astype(np.int64)
+  hi_B = chen_loops_guarantee(spec.kappa_B, eps).astype(np.int64)
   dist = lambda t_B: chen_closed_form_distances(spec, t_B[:, None])["euclidean"][:, 0]
   if np.any(dist(hi_B) > target_B * (1 + BOUND_REL_TOL)):
     raise AssertionError("the bound's guarantee T_eps <= ceil(2 kappa ln(1/eps)) failed")
