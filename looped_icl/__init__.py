@@ -1,10 +1,12 @@
 """looped_icl: linear and looped transformers that learn preconditioned GD in context.
 
-Modules: ``covariance`` (Sigma families), ``tasks`` (samplers), ``attention`` (forward passes),
-``models`` (configs, params, predict), ``constructions`` (GD weights), ``losses`` (MC and exact
-population loss), ``baselines`` (GD, PGD, OLS, ridge, Newton), ``theory`` (closed forms and
-metrics), ``validation`` (input checks), ``config_lib`` / ``train`` / ``evaluate`` / ``solver``
-(configs, trainer, summaries, population optimum), ``nn`` (a flax Module wrapper).
+Modules (README "What is inside"): ``covariance`` (Sigma families), ``tasks`` (samplers),
+``attention`` / ``models`` (forward passes, params), ``constructions`` (GD weights), ``losses``
+and ``estimators`` (MC, exact population loss, importance sampling), ``wishart`` (exact oracle),
+``baselines`` / ``line_search`` (GD, PGD, OLS, ridge), ``theory`` (closed forms by paper),
+``fields`` / ``config_lib`` / ``configs`` (the schema and the configs), ``train_step`` /
+``train`` / ``workdir`` (step, trainer, workdir contract), ``evaluate`` / ``solver``, ``sweep``,
+``sharding``, ``reproduce`` (paper experiments), ``cli`` (the ``looped-icl`` command).
 """
 
 __version__ = "0.1.0"

@@ -24,6 +24,7 @@ import struct
 import ml_collections
 import tensorboardX
 from tensorboardX.proto import event_pb2
+from tensorboardX.proto import summary_pb2
 
 from looped_icl import checkpointing
 from looped_icl import config_lib
@@ -113,10 +114,11 @@ class MetricsWriter:
       f.writelines(json.dumps(r) + "\n" for r in self._rows)
     self._file = open(path, "a")
     if tensorboard:
-      # TensorBoard hides the earlier files' events at steps >= purge_step: those after ``start``.
-      self._board = tensorboardX.SummaryWriter(os.path.join(workdir, TENSORBOARD),
-                                               purge_step=start + 1 if start else None,
-                                               flush_secs=30)
+      self._board = tensorboardX.FileWriter(os.path.join(workdir, TENSORBOARD), flush_secs=30)
+      if start:  # TensorBoard hides the earlier files' events at steps >= start + 1
+        self._board.add_event(event_pb2.Event(step=start + 1, file_version="brain.Event:2"))
+        self._board.add_event(event_pb2.Event(
+            step=start + 1, session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
 
   @property
   def rows(self) -> list[dict]:
@@ -129,13 +131,14 @@ class MetricsWriter:
       return
     self._file.write(json.dumps(row) + "\n")
     self._file.flush()
-    if self._board is not None:
+    if self._board is not None:   # one event per row, holding all its scalars
+      values = []
       for name, value in row.items():
-        values = value if isinstance(value, list) else [value]
-        for i, v in enumerate(values):
+        for i, v in enumerate(value if isinstance(value, list) else [value]):
           if name != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
             tag = f"{name}/{i}" if isinstance(value, list) else name
-            self._board.add_scalar(tag, v, row["step"])
+            values.append(summary_pb2.Summary.Value(tag=tag, simple_value=float(v)))
+      self._board.add_summary(summary_pb2.Summary(value=values), row["step"])
 
   def close(self) -> None:
     if self._file is not None:

@@ -1,6 +1,5 @@
 """Every experiment config's quick variant trains in seconds and learns."""
 
-import pathlib
 
 import jax
 import numpy as np
@@ -12,8 +11,7 @@ from looped_icl import tasks
 from looped_icl import train
 from looped_icl import train_step
 
-CONFIGS = sorted(p.stem for p in (pathlib.Path(__file__).resolve().parents[1] / "looped_icl" / "configs").glob(
-    "*.py"))
+CONFIGS = config_lib.config_names()
 
 
 def _median_task_loss(params, exp: config_lib.Experiment, batch) -> float:

@@ -20,10 +20,7 @@ def test_clip_per_matrix_clips_each_layer_matrix_separately():
 
 
 def _train_config(**overrides):
-  config = config_lib.base_config()
-  for key, value in overrides.items():
-    config.train[key] = value
-  return config_lib.build_train(config.train)
+  return config_lib.TrainConfig(**overrides)
 
 
 def test_step_schedule_multiplies_every_decay_every_steps():

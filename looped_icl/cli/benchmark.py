@@ -11,9 +11,9 @@ import json
 
 from absl import flags
 
-from looped_icl.cli import common as cli
 from looped_icl import benchmark
 from looped_icl import variance_benchmark
+from looped_icl.cli import common as cli
 
 _WORKLOAD = flags.DEFINE_list("workload", None, f"Workloads (default all): "
                               f"{', '.join(benchmark.WORKLOADS)}.")

@@ -6,6 +6,7 @@ import jax
 from absl import app
 from absl import flags
 from absl import logging
+from ml_collections import config_flags
 
 from looped_icl import config_lib
 from looped_icl import sharding
@@ -77,6 +78,22 @@ def run_or_exit(fn) -> None:
   except (ValueError, OSError) as e:  # invalid config, or a config file that failed to load
     sys.stderr.write(f"error: {str(e).splitlines()[0]}\n")
     sys.exit(EXIT_INVALID)
+
+
+def define_config_and_workdir(*, config_file: bool,
+                              workdir_help: str = "Output directory (resumed if it exists)."):
+  """The required ``--config`` and ``--workdir`` flags; returns their holders.
+
+  ``config_file``: ``--config`` is a config-file flag (``--config.FIELD=VALUE`` overrides);
+  otherwise a plain spec string (a sweep's config, read with its grid).
+  """
+  spec = "NAME[:ARG] (looped_icl/configs) or path/to/config.py[:ARG]"
+  config = (config_flags.DEFINE_config_file("config", None, f"Experiment config: {spec}.",
+                                            lock_config=True) if config_file
+            else flags.DEFINE_string("config", None, f"Config with get_sweep: {spec}."))
+  workdir = flags.DEFINE_string("workdir", None, workdir_help)
+  flags.mark_flags_as_required(["config", "workdir"])
+  return config, workdir
 
 
 def define_multihost_flags():

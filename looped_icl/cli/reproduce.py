@@ -11,8 +11,8 @@ import json
 from absl import flags
 from absl import logging
 
-from looped_icl.cli import common as cli
 from looped_icl import reproduce
+from looped_icl.cli import common as cli
 
 _EXPERIMENT = flags.DEFINE_enum("experiment", None, sorted(reproduce.EXPERIMENTS),
                                 "Which experiment to reproduce.")

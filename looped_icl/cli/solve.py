@@ -6,17 +6,13 @@ evaluated on the same sample of S (``trained_model``: loss, difference, ratio). 
 invalid config.
 """
 
-from absl import flags
 from absl import logging
-from ml_collections import config_flags
 
-from looped_icl.cli import common as cli
 from looped_icl import solver
+from looped_icl.cli import common as cli
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
-flags.mark_flags_as_required(["config", "workdir"])
+_CONFIG, _WORKDIR = cli.define_config_and_workdir(config_file=True,
+                                                   workdir_help="Output directory.")
 
 
 def solve(config, workdir: str) -> dict:

@@ -8,13 +8,11 @@ time. Exit codes: 0 ok, 2 invalid config or grid.
 
 from absl import flags
 
-from looped_icl.cli import common as cli
 from looped_icl import sweep
+from looped_icl.cli import common as cli
 
-_CONFIG = flags.DEFINE_string("config", None, "Config file with get_sweep, [:ARG] optional.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (resumed if it exists).")
+_CONFIG, _WORKDIR = cli.define_config_and_workdir(config_file=False)
 _VMAP = flags.DEFINE_bool("vmap", True, "Batch the points that share shapes with vmap.")
-flags.mark_flags_as_required(["config", "workdir"])
 _INIT_MULTIHOST = cli.define_multihost_flags()
 
 

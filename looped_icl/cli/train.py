@@ -5,16 +5,11 @@ resumes from the latest checkpoint. ``--multihost``: one process per host (BUILD
 Exit codes: 0 ok, 2 invalid config, 3 diverged.
 """
 
-from absl import flags
-from ml_collections import config_flags
 
-from looped_icl.cli import common as cli
 from looped_icl import train
+from looped_icl.cli import common as cli
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (resumed if it exists).")
-flags.mark_flags_as_required(["config", "workdir"])
+_CONFIG, _WORKDIR = cli.define_config_and_workdir(config_file=True)
 _INIT_MULTIHOST = cli.define_multihost_flags()
 
 
