@@ -25,11 +25,6 @@ from looped_icl import tasks as tasks_lib
 from looped_icl import theory
 
 
-def _mean_and_stderr(values) -> tuple[float, float]:
-  values = np.asarray(values, dtype=np.float64)
-  return float(values.mean()), float(values.std(ddof=1) / np.sqrt(values.shape[0]))
-
-
 def alignment_with_inverse_covariance(a_DxD, cov) -> dict[str, float]:
   """Best scale c of Sigma^-1 for A, and ||A - c Sigma^-1||_F / ||A||_F."""
   inv = np.linalg.inv(np.asarray(cov, np.float64))
@@ -57,7 +52,7 @@ def summarize(params, exp: config_lib.Experiment, key: jax.Array) -> dict:
                                                       params, batch)
   sq_err_BxL = np.asarray((preds_BxL - batch.y_query[:, None]) ** 2, np.float64)
   trained = model.num_layers
-  loss, stderr = _mean_and_stderr(sq_err_BxL[:, trained - 1])
+  loss, stderr = estimators.mean_and_stderr(sq_err_BxL[:, trained - 1])
   summary = {
       "final_eval_loss": loss,
       "final_eval_loss_stderr": stderr,

@@ -188,7 +188,7 @@ def train_runs(exps: list[config_lib.Experiment], workdirs: list[str], *, mesh=N
           logging.error("%s", diverged[r])
           continue
         row = {"step": step + length, "loss": float(np.mean(losses_RxK[r])),
-               "loss_stderr": (float(np.std(losses_RxK[r], ddof=1) / np.sqrt(length))
+               "loss_stderr": (estimators.mean_and_stderr(losses_RxK[r])[1]
                                if length > 1 else float("nan")),
                "max_share": float(chunk_shares_R[r]),
                "max_step_share": float(np.max(shares_RxK[r])),

@@ -1,5 +1,5 @@
-"""Variance reduction of the population-loss estimators at equal cost (``launch.benchmark
---variance``).
+"""Variance reduction of the population-loss estimators at equal cost (``looped-icl
+benchmark --variance``).
 
 Per case (isotropic looped preconditioner A = c I at the exact isotropic optimum c, Sigma = I,
 w* ~ N(0, I)): the exact per-sample variance of plain sampling

@@ -116,7 +116,7 @@ def test_every_point_has_its_workdir_and_a_row(tiny):
 
 
 def test_vmapped_equals_one_by_one(tiny):
-  """Each point trained alone (the launch.train path) ends where the vmapped group left it."""
+  """Each point trained alone (the looped-icl train path) ends where the vmapped group left it."""
   root, _, rows = tiny
   for row in rows:
     point = root / "vmap" / "points" / row["point"]

@@ -3,7 +3,7 @@
 Each experiment module has ``run(ctx: common.Context) -> dict``: it runs its training / solver
 sub-runs through the library (``ctx.workdir/runs/*``), writes CSV tables, PNG figures and
 ``results.json`` (headline numbers, paper vs toolkit) to ``ctx.workdir`` and returns the results.
-``launch.reproduce``, the notebook and the tests call :func:`run`.
+``looped-icl reproduce``, the notebook and the tests call :func:`run`.
 """
 
 from __future__ import annotations

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from collections.abc import Sequence
 
 import jax
@@ -159,11 +158,6 @@ def _pad_layers(a_LxDxD, num_layers: int) -> jax.Array:
 def z_score(row: dict, name: str) -> float:
   """A row's ``name`` (e.g. a paired difference) over its standard error ``name_stderr``."""
   return row[name] / max(row[f"{name}_stderr"], 1e-300)
-
-
-def _mean_se(x) -> tuple[float, float]:
-  x = np.asarray(x, np.float64)
-  return float(x.mean()), float(x.std(ddof=1) / math.sqrt(x.shape[0]))
 
 
 def _eval_samples(exp: config_lib.Experiment, task, ns: Sequence[int]) -> jax.Array:
@@ -306,8 +300,8 @@ def ols_losses(exp: config_lib.Experiment, ns: Sequence[int]) -> list[dict]:
       batch = tasks_lib.GramTasks(gram=gram, query=query, y_query=y_query, w=w, n=n)
       mc = (baselines.ols_predict(batch) - y_query) ** 2
       row = {}
-      row["ols_exact"], row["ols_exact_stderr"] = _mean_se(exact)
-      row["ols_mc"], row["ols_mc_stderr"] = _mean_se(mc)
+      row["ols_exact"], row["ols_exact_stderr"] = estimators.mean_and_stderr(exact)
+      row["ols_mc"], row["ols_mc_stderr"] = estimators.mean_and_stderr(mc)
       row["ols_note"] = ("0: noiseless labels are interpolated exactly (N >= d)" if n >= exp.task.d
                          else "min-norm solution, N < d")
       rows.append(row)
