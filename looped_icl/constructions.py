@@ -19,12 +19,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from looped_icl import linalg
 from looped_icl import models
 from looped_icl import validation
 
 
 def _as_float(x) -> jax.Array:
-  return jnp.asarray(x, jnp.asarray(0.0).dtype)
+  return jnp.asarray(x, linalg.float_dtype())
 
 
 def _stack(name: str, mats, num_layers: int, kind: str) -> jax.Array:

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 
 from looped_icl import attention
 from looped_icl import fields
+from looped_icl import linalg
 from looped_icl import tasks as tasks_lib
 from looped_icl import validation
 
@@ -75,7 +76,7 @@ def init_params(key: jax.Array, cfg: ModelConfig) -> dict[str, jax.Array]:
   is symmetric in (eta_1, ..., eta_T) and equal starting steps would get equal gradients forever
   (the optimum, a Chebyshev-like schedule, is off that diagonal).
   """
-  dtype = jnp.asarray(0.0).dtype
+  dtype = linalg.float_dtype()
   lead = (cfg.num_layers,) if cfg.kind == "layered" else ()
   if cfg.parametrization == "fixed":
     if not (cfg.per_loop_eta or cfg.kind == "layered"):

@@ -55,6 +55,15 @@ PAIRS = (("transformer", "optimum"), ("pgd", "transformer"), ("gd", "pgd"), ("pg
 PAPER_STEPS_L3 = (0.42, 0.69, 1.71)
 
 
+def family_labels(depth: str) -> dict[str, str]:
+  """The legend label of each family of :func:`evaluate_sweep` at ``depth`` layers
+  (a number, or "L" for a sweep over depth)."""
+  return {"transformer": f"{depth}-layer transformer (trained)",
+          "optimum": f"{depth}-layer optimum, A_l = c_l Sigma^-1 (solver)",
+          "general": "general-A solver (overfits its sample)",
+          "pgd": f"{depth}-step PGD, A = Sigma^-1", "gd": f"{depth}-step GD"}
+
+
 def experiment(ctx: common.Context) -> config_lib.Experiment:
   """The ahn_loss_curves config (quick if ``ctx.quick``), checked to have no label noise."""
   exp = config_lib.from_config(common.load_config("ahn_loss_curves", ctx))

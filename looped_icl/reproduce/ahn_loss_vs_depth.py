@@ -33,16 +33,7 @@ DEPTHS = (1, 2, 3, 4)
 N = 20
 
 
-def family_labels(depth: str) -> dict[str, str]:
-  """The legend label of each family of :func:`ahn_curves.evaluate_sweep` at ``depth`` layers
-  (a number, or "L" for a sweep over depth)."""
-  return {"transformer": f"{depth}-layer transformer (trained)",
-          "optimum": f"{depth}-layer optimum, A_l = c_l Sigma^-1 (solver)",
-          "general": "general-A solver (overfits its sample)",
-          "pgd": f"{depth}-step PGD, A = Sigma^-1", "gd": f"{depth}-step GD"}
-
-
-LABELS = family_labels("L")
+LABELS = ahn_curves.family_labels("L")
 
 
 def _figure(ctx: common.Context, rows: list[dict], curve: np.ndarray) -> str:

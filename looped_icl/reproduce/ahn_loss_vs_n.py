@@ -28,13 +28,12 @@ from __future__ import annotations
 import numpy as np
 
 from looped_icl.reproduce import ahn_curves
-from looped_icl.reproduce import ahn_loss_vs_depth
 from looped_icl.reproduce import common
 
 NS = tuple(range(2, 23, 2))
 QUICK_NS = (2, 4, 10, 20)
 LAYERS = 3
-LABELS = ahn_loss_vs_depth.family_labels(str(LAYERS))
+LABELS = ahn_curves.family_labels(str(LAYERS))
 
 
 def _figure(ctx: common.Context, rows: list[dict], curve: np.ndarray, ns) -> str:
