@@ -8,6 +8,8 @@ number determine the rest of the run.
 from __future__ import annotations
 
 import os
+import shutil
+import time
 
 import jax
 import orbax.checkpoint as ocp
@@ -31,16 +33,38 @@ def restore_latest(mngr: ocp.CheckpointManager, like):
   return step, restore(mngr, step, like)
 
 
+class CheckpointError(Exception):
+  """A checkpoint that cannot be restored into the requested state: ``step`` and ``reason``."""
+
+  def __init__(self, step: int, reason: str):
+    super().__init__(f"step {step}: {reason}")
+    self.step, self.reason = step, reason
+
+
 def restore(mngr: ocp.CheckpointManager, step: int, like):
-  """The state saved at ``step``, shaped like ``like`` (a clear error if it does not fit)."""
+  """The state saved at ``step``, shaped like ``like``; raises :class:`CheckpointError` (one line:
+  missing or damaged files, bad metadata, or a state of another structure) if it cannot."""
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
   try:
     restored = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
-  except ValueError as e:
-    raise ValueError(
-        f"workdir checkpoint (step {step}) does not match this config's model/optimizer state "
-        f"({str(e).strip().splitlines()[0]}); resume with the config that wrote it or use a "
-        f"new --workdir") from None
+    leaves = jax.tree.leaves(restored)
+    if len(leaves) != len(jax.tree.leaves(like)):
+      raise ValueError(f"{len(leaves)} arrays, expected {len(jax.tree.leaves(like))}")
+  except Exception as e:  # pylint: disable=broad-except  (orbax/tensorstore raise many kinds)
+    reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    raise CheckpointError(step, f"{type(e).__name__}: {reason[:200]}") from None
   # Orbax returns leafless nodes (optax's EmptyState) as {}; the leaves are in order, so rebuild
   # the exact structure of ``like``.
-  return jax.tree.unflatten(jax.tree.structure(like), jax.tree.leaves(restored))
+  return jax.tree.unflatten(jax.tree.structure(like), leaves)
+
+
+def set_aside(mngr: ocp.CheckpointManager, step: int) -> str:
+  """Moves step ``step``'s directory out of the manager's view, to
+  ``workdir/damaged_checkpoints/STEP-TIME`` (kept for inspection, never read again)."""
+  directory = os.path.abspath(str(mngr.directory))
+  target = os.path.join(os.path.dirname(directory), "damaged_checkpoints",
+                        f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+  os.makedirs(os.path.dirname(target), exist_ok=True)
+  shutil.move(os.path.join(directory, str(step)), target)
+  mngr.reload()
+  return target

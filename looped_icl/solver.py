@@ -242,12 +242,13 @@ def solve_into_workdir(config, workdir: str) -> dict:
   A model trained with the same config in ``workdir`` is compared on the same samples of S.
   """
   exp = config_lib.from_config(config)
-  if workdir_lib.finished(workdir, config, "solve"):
-    logging.info("%s holds the finished solve of this config; optimum.json is reused", workdir)
-    return workdir_lib.read_json(workdir, workdir_lib.OPTIMUM)
-  trained = (workdir_lib.load_trained_params(exp, workdir)
-             if workdir_lib.same_config(workdir, config) else None)
-  result = solve_population_optimum(exp, trained_params=trained)
-  workdir_lib.write_json(workdir, workdir_lib.OPTIMUM, result)
-  workdir_lib.write_config(config, workdir, workdir_lib.OPTIMUM_CONFIG)
-  return result
+  with workdir_lib.lock(workdir):
+    if workdir_lib.finished(workdir, config, "solve"):
+      logging.info("%s holds the finished solve of this config; optimum.json is reused", workdir)
+      return workdir_lib.read_json(workdir, workdir_lib.OPTIMUM)
+    trained = (workdir_lib.load_trained_params(exp, workdir)
+               if workdir_lib.same_config(workdir, config) else None)
+    result = solve_population_optimum(exp, trained_params=trained)
+    workdir_lib.write_json(workdir, workdir_lib.OPTIMUM, result)
+    workdir_lib.write_config(config, workdir, workdir_lib.OPTIMUM_CONFIG)
+    return result

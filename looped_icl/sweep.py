@@ -21,6 +21,7 @@ resumes from its checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import itertools
@@ -166,8 +167,15 @@ def run(spec: str, workdir: str, *, vmap: bool = True, mesh=None) -> list[dict]:
 
 
 def _train_batch(batch: list[dict], mesh) -> None:
+  with contextlib.ExitStack() as stack:
+    for p in batch:
+      stack.enter_context(workdir_lib.lock(p["workdir"]))
+    _train_locked_batch(batch, mesh)
+
+
+def _train_locked_batch(batch: list[dict], mesh) -> None:
   for p in batch:
-    workdir_lib.write_config(p["config"], p["workdir"])
+    workdir_lib.start(p["config"], p["workdir"])
   t0 = time.perf_counter()
   runs = train.train_runs([p["exp"] for p in batch], [p["workdir"] for p in batch], mesh=mesh)
   train_time = (time.perf_counter() - t0) / len(batch)

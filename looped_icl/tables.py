@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -10,15 +11,17 @@ import numpy as np
 
 def write_csv(path: str, rows: Sequence[Mapping]) -> str:
   """One row per mapping; the header is the union of keys in first-seen order. Floats are
-  written with repr (round-trip exact)."""
+  written with repr (round-trip exact). The file is replaced atomically."""
   header: list[str] = []
   for row in rows:
     header.extend(k for k in row if k not in header)
-  with open(path, "w", newline="") as f:
+  tmp = f"{path}.tmp.{os.getpid()}"   # written whole, then renamed over the old table
+  with open(tmp, "w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=header)
     writer.writeheader()
     for row in rows:
       writer.writerow({k: _cell(v) for k, v in row.items()})
+  os.replace(tmp, path)
   return path
 
 

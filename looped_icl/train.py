@@ -21,6 +21,7 @@ the same data and ends with bit-identical parameters.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -90,23 +91,49 @@ def _tail_warning(rows: list[dict]) -> str:
           f"the mean is not reliable; raise train.batch_size or train.log_every)")
 
 
-def _restore(exps, mngrs) -> tuple[int, list[dict]]:
+class NoIntactCheckpoint(RuntimeError):
+  """Checkpoints exist but none can be restored (a data error; the run cannot resume)."""
+
+
+def _restore(exps, mngrs, workdirs, recorded: bool) -> tuple[int, list[dict]]:
   """The step the runs resume from and their states there (0 and fresh states if none).
 
-  The runs of a group checkpoint together; if a preemption hit between their saves, the latest
-  step they all have is used (a fresh start if keep_checkpoints already dropped it).
+  The newest checkpoint step that every run of the group has and that restores is used: a step
+  that cannot be restored (missing or damaged files, bad metadata) is reported in one warning
+  line and set aside (``workdir/damaged_checkpoints``), and the next older one is tried. If a
+  preemption hit between a group's saves, the latest step they all have is used.
+  Raises :class:`NoIntactCheckpoint` if there are checkpoints but none restores. Without a
+  config.json that records these runs (``recorded`` False) a failed restore may be another
+  config's state, not damage: nothing is set aside and it raises ValueError.
   """
   fresh = [train_step.initial_state(exp) for exp in exps]
-  if len(exps) == 1:
-    step, state = checkpointing.restore_latest(mngrs[0], fresh[0])
-    return step, [state]
-  common = set.intersection(*(set(m.all_steps()) for m in mngrs))
-  if not common:
-    if any(m.latest_step() is not None for m in mngrs):
-      logging.warning("the runs of this group have no checkpoint step in common; starting again")
-    return 0, fresh
-  step = max(common)
-  return step, [checkpointing.restore(m, step, like) for m, like in zip(mngrs, fresh)]
+  damaged = []
+  while True:
+    common = set.intersection(*(set(m.all_steps()) for m in mngrs))
+    if not common:
+      break
+    step = max(common)
+    try:
+      return step, [checkpointing.restore(m, step, like) for m, like in zip(mngrs, fresh)]
+    except checkpointing.CheckpointError as e:
+      run = next(w for w, m in zip(workdirs, mngrs) if step in m.all_steps())
+      if not recorded:
+        raise ValueError(f"checkpoint step {e.step} of {run} cannot be restored ({e.reason}); "
+                         f"with no config.json recorded it may be another config's run: use a "
+                         f"new --workdir") from None
+      logging.warning("checkpoint step %d of %s cannot be restored (%s); falling back to an "
+                      "older one", e.step, run, e.reason)
+      damaged.append(str(e))
+      for m in mngrs:
+        checkpointing.set_aside(m, step)
+  if damaged:
+    raise NoIntactCheckpoint(
+        f"no intact checkpoint in {workdirs[0] if len(workdirs) == 1 else 'the group'} "
+        f"({'; '.join(damaged)}); the damaged ones are in damaged_checkpoints/. Use a new "
+        f"--workdir (or move checkpoints/ away to start this one again)")
+  if any(m.latest_step() is not None for m in mngrs):
+    logging.warning("the runs of this group have no checkpoint step in common; starting again")
+  return 0, fresh
 
 
 def train(exp: config_lib.Experiment, workdir: str, *, mesh=None):
@@ -138,6 +165,14 @@ def train_runs(exps: list[config_lib.Experiment], workdirs: list[str], *, mesh=N
   program, split over ``mesh``; otherwise there must be one run. A run that diverges stops
   (its last good checkpoint kept) while the others go on.
   """
+  with contextlib.ExitStack() as stack:
+    for w in workdirs:
+      stack.enter_context(workdir_lib.lock(w))
+    return _train_runs(exps, workdirs, mesh=mesh, vmap=vmap)
+
+
+def _train_runs(exps: list[config_lib.Experiment], workdirs: list[str], *, mesh,
+                vmap: bool | None) -> list[Run]:
   num = len(exps)
   vmap = num > 1 if vmap is None else vmap
   if not vmap and num != 1:
@@ -147,7 +182,13 @@ def train_runs(exps: list[config_lib.Experiment], workdirs: list[str], *, mesh=N
   train_step.check_same_program(exps)
   tc = exps[0].train
   mngrs = [workdir_lib.checkpoint_manager(w, exps[0]) for w in workdirs]
-  start, states = _restore(exps, mngrs)
+  try:
+    recorded = all([workdir_lib.matches_record(w, e) for w, e in zip(workdirs, exps)])
+    start, states = _restore(exps, mngrs, workdirs, recorded)
+  except BaseException:
+    for m in mngrs:   # orbax's background threads end cleanly: no tracebacks at exit
+      m.close()
+    raise
   if start:
     logging.info("Resuming %d run(s) from the checkpoint at step %d (%s)", num, start,
                  workdirs[0] if num == 1 else os.path.dirname(os.path.abspath(workdirs[0])))
@@ -255,10 +296,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   the summary (that of the finished run, unchanged, if ``workdir`` already holds one of
   ``config``: :func:`looped_icl.workdir.finished`)."""
   exp = config_lib.from_config(config)
-  if workdir_lib.finished(workdir, config):
-    logging.info("%s holds the finished run of this config; its summary is reused", workdir)
-    return workdir_lib.read_json(workdir, workdir_lib.SUMMARY)
-  workdir_lib.write_config(config, workdir)
-  t0 = time.perf_counter()
-  params, history = train(exp, workdir)
-  return finish(exp, workdir, params, history, time.perf_counter() - t0)
+  with workdir_lib.lock(workdir):
+    if workdir_lib.finished(workdir, config):
+      logging.info("%s holds the finished run of this config; its summary is reused", workdir)
+      return workdir_lib.read_json(workdir, workdir_lib.SUMMARY)
+    workdir_lib.start(config, workdir)
+    t0 = time.perf_counter()
+    params, history = train(exp, workdir)
+    return finish(exp, workdir, params, history, time.perf_counter() - t0)

@@ -16,13 +16,19 @@ process of a multi-host run writes.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import fcntl
 import glob
 import json
 import os
+import socket
 import struct
+import time
 
 import ml_collections
 import tensorboardX
+from absl import logging
 from tensorboardX.proto import event_pb2
 from tensorboardX.proto import summary_pb2
 
@@ -37,6 +43,7 @@ SUMMARY = "summary.json"
 OPTIMUM = "optimum.json"
 OPTIMUM_CONFIG = "optimum_config.json"
 TENSORBOARD = "tensorboard"
+LOCK = ".lock"
 # What a finished run of each kind has: (the file holding its config, its result file).
 KINDS = {"train": (CONFIG, SUMMARY), "solve": (OPTIMUM_CONFIG, OPTIMUM)}
 
@@ -49,10 +56,81 @@ def write_config(config: ml_collections.ConfigDict, workdir: str,
                  filename: str = CONFIG) -> config_lib.Experiment:
   """Validates ``config`` (a bad field raises ValueError) and writes ``workdir/filename``."""
   exp = config_lib.from_config(config)
-  os.makedirs(workdir, exist_ok=True)
   if sharding.is_primary():
-    with open(os.path.join(workdir, filename), "w") as f:
-      f.write(_config_json(config, indent=2))
+    write_text(workdir, filename, _config_json(config, indent=2))
+  return exp
+
+
+def _flat(tree, prefix: str = "") -> dict:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def config_changes(workdir: str, config: ml_collections.ConfigDict) -> dict[str, tuple]:
+  """{dotted field: (recorded, requested)} where ``config`` differs from ``workdir/config.json``
+  ({} if they agree or there is no record)."""
+  path = os.path.join(workdir, CONFIG)
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    recorded = _flat(json.load(f))
+  requested = _flat(json.loads(_config_json(config)))
+  return {k: (recorded.get(k), requested.get(k)) for k in sorted(set(recorded) | set(requested))
+          if recorded.get(k) != requested.get(k)}
+
+
+def matches_record(workdir: str, exp: config_lib.Experiment) -> bool:
+  """Whether ``workdir/config.json`` records ``exp``'s run (equal in every field but a longer
+  ``train.steps``): True; False if there is no record; ValueError naming the first differing
+  field if it records another run."""
+  path = os.path.join(workdir, CONFIG)
+  if not os.path.exists(path):
+    return False
+  with open(path) as f:
+    recorded = config_lib.from_config(ml_collections.ConfigDict(json.load(f))).sections()
+  for name, section in exp.sections().items():
+    if name == "train":
+      section = dataclasses.replace(section, steps=recorded[name].steps)
+    if section != recorded[name]:
+      field = next(f.name for f in dataclasses.fields(section)
+                   if getattr(section, f.name) != getattr(recorded[name], f.name))
+      raise ValueError(f"workdir {workdir} holds a run of another config ({name}.{field} "
+                       f"{getattr(recorded[name], field)!r} -> {getattr(section, field)!r}); use "
+                       f"a new --workdir for the new config")
+  return True
+
+
+def start(config: ml_collections.ConfigDict, workdir: str) -> config_lib.Experiment:
+  """Validates ``config`` for a training run in ``workdir`` and records it in config.json.
+
+  A workdir that holds another config's run is refused (ValueError, one line naming each changed
+  field, old -> new, and the way out): resuming it would mix two runs in one record. The one
+  change allowed is a longer ``train.steps`` under a schedule that does not depend on it
+  (constant or step); the record is then updated. A refused run leaves config.json as it was.
+  """
+  exp = config_lib.from_config(config)
+  changes = config_changes(workdir, config)
+  if changes:
+    steps = changes.pop("train.steps", None)
+    if changes:
+      listed = "; ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items())
+      raise ValueError(f"workdir {workdir} holds a run of another config ({listed}); use a new "
+                       f"--workdir for the new config")
+    old, new = steps
+    if new < old:
+      raise ValueError(f"workdir {workdir} holds a run of train.steps={old}; it cannot be "
+                       f"shortened to {new} (use a new --workdir)")
+    if exp.train.schedule == "cosine":
+      raise ValueError(f"workdir {workdir} holds a run of train.steps={old}; extending it to {new} "
+                       f"would change its cosine schedule (which depends on train.steps) mid-run; "
+                       f"use a new --workdir")
+    logging.info("extending the run in %s from train.steps=%d to %d", workdir, old, new)
+  write_config(config, workdir)
   return exp
 
 
@@ -73,12 +151,24 @@ def finished(workdir: str, config: ml_collections.ConfigDict, kind: str = "train
           and same_config(workdir, config, config_file))
 
 
+def write_text(workdir: str, filename: str, text: str) -> str:
+  """Writes ``workdir/filename`` atomically (a temporary file renamed over it): a reader, or a
+  crash, sees the old file or the new one, never half of one. Returns the path."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, filename)
+  tmp = f"{path}.tmp.{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+  return path
+
+
 def write_json(workdir: str, filename: str, obj) -> None:
-  """``workdir/filename`` as indented JSON (primary process only)."""
+  """``workdir/filename`` as indented JSON, atomically (primary process only)."""
   if sharding.is_primary():
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, filename), "w") as f:
-      json.dump(obj, f, indent=2)
+    write_text(workdir, filename, json.dumps(obj, indent=2))
 
 
 def read_json(workdir: str, filename: str):
@@ -87,12 +177,26 @@ def read_json(workdir: str, filename: str):
 
 
 def read_metrics(workdir: str, up_to_step: int | None = None) -> list[dict]:
-  """The rows of ``workdir/metrics.jsonl`` (those logged up to ``up_to_step``); [] if none."""
+  """The rows of ``workdir/metrics.jsonl`` (those logged up to ``up_to_step``); [] if none.
+
+  A torn last line (a crash in the middle of a write: no newline, not JSON) is dropped with a
+  warning; the next :class:`MetricsWriter` rewrites the file without it.
+  """
   path = os.path.join(workdir, METRICS)
   if not os.path.exists(path):
     return []
   with open(path) as f:
-    rows = [json.loads(line) for line in f if line.strip()]
+    lines = f.read().split("\n")
+  rows = []
+  for i, line in enumerate(lines):
+    if not line.strip():
+      continue
+    try:
+      rows.append(json.loads(line))
+    except ValueError:
+      if i != len(lines) - 1:   # not the unterminated last line: the file is damaged
+        raise ValueError(f"{path} line {i + 1} is not JSON: {line[:60]!r}") from None
+      logging.warning("%s: dropping a torn last line (%d bytes)", path, len(line))
   return rows if up_to_step is None else [r for r in rows if r["step"] <= up_to_step]
 
 
@@ -109,9 +213,7 @@ class MetricsWriter:
     self._file = self._board = None
     if not sharding.is_primary():
       return
-    path = os.path.join(workdir, METRICS)
-    with open(path, "w") as f:
-      f.writelines(json.dumps(r) + "\n" for r in self._rows)
+    path = write_text(workdir, METRICS, "".join(json.dumps(r) + "\n" for r in self._rows))
     self._file = open(path, "a")
     if tensorboard:
       self._board = tensorboardX.FileWriter(os.path.join(workdir, TENSORBOARD), flush_secs=30)
@@ -168,6 +270,64 @@ def read_tensorboard(workdir: str) -> dict[str, list[tuple[int, float]]]:
   return scalars
 
 
+class WorkdirBusy(RuntimeError):
+  """Another live process holds the workdir's lock."""
+
+
+# Locks this process holds: workdir path -> [open lock file, depth] (re-entrant, so the trainer
+# can lock what its caller already locked).
+_HELD: dict[str, list] = {}
+
+
+@contextlib.contextmanager
+def lock(workdir: str):
+  """One writer per workdir: an exclusive ``flock`` on ``workdir/.lock`` for the ``with`` block.
+
+  The kernel drops the lock when its process ends, however it ends (kill -9 included), so a
+  dead holder never blocks a rerun; its record (host, pid, since) is then taken over with a
+  warning. A live holder makes this raise :class:`WorkdirBusy` naming it. Re-entrant within a
+  process; only the primary process of a multi-host run locks (the others do not write).
+  """
+  path = os.path.abspath(workdir)
+  if not sharding.is_primary() or path in _HELD:
+    if path in _HELD:
+      _HELD[path][1] += 1
+    try:
+      yield
+    finally:
+      if path in _HELD:
+        _HELD[path][1] -= 1
+    return
+  os.makedirs(path, exist_ok=True)
+  f = open(os.path.join(path, LOCK), "a+")
+  try:
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    f.seek(0)
+    holder = f.read().strip() or "an unknown process"
+    f.close()
+    raise WorkdirBusy(f"workdir {workdir} is in use by {holder}; wait for it to finish or use "
+                      f"another --workdir") from None
+  f.seek(0)
+  stale = f.read().strip()
+  if stale:
+    logging.warning("workdir %s: taking over the lock of %s (that process is gone)", workdir,
+                    stale)
+  f.seek(0)
+  f.truncate()
+  f.write(f"host {socket.gethostname()} pid {os.getpid()} since "
+          f"{time.strftime('%Y-%m-%d %H:%M:%S')}")
+  f.flush()
+  _HELD[path] = [f, 1]
+  try:
+    yield
+  finally:
+    _HELD.pop(path)
+    f.seek(0)
+    f.truncate()   # released cleanly: no record for the next holder to warn about
+    f.close()
+
+
 def checkpoint_manager(workdir: str, exp: config_lib.Experiment):
   """The orbax manager of ``workdir/checkpoints`` (keeps ``train.keep_checkpoints``)."""
   return checkpointing.manager(workdir, exp.train.keep_checkpoints)
@@ -178,6 +338,11 @@ def load_trained_params(exp: config_lib.Experiment, workdir: str):
   if not os.path.isdir(os.path.join(workdir, "checkpoints")):
     return None
   mngr = checkpoint_manager(workdir, exp)
-  step, state = checkpointing.restore_latest(mngr, train_step.initial_state(exp))
-  mngr.close()
+  try:
+    step, state = checkpointing.restore_latest(mngr, train_step.initial_state(exp))
+  except checkpointing.CheckpointError as e:
+    raise ValueError(f"{workdir}: the latest checkpoint cannot be restored ({e}); rerun the "
+                     f"training there to fall back to an intact one") from None
+  finally:
+    mngr.close()
   return state["params"] if step else None

@@ -1,6 +1,9 @@
 """Independent NumPy references shared by the tests (written from SPEC.md, not the library)."""
 
+import jax.numpy as jnp
 import numpy as np
+
+from looped_icl import tasks
 
 
 def pgd_reference(x, y, x_query, a_list, etas) -> np.ndarray:
@@ -24,3 +27,17 @@ def assert_rel_close(actual, expected, rel):
   assert scale > 0
   err = np.max(np.abs(actual - expected))
   assert err <= rel * scale, f"max error {err:.3g} > {rel:.1g} * {scale:.3g}"
+
+
+def numpy_tasks(seed, cov, n, batch_size, noise_std):
+  """Token-level tasks drawn in numpy (x ~ N(0, cov), w* ~ N(0, I), Gaussian label noise), in
+  the library's Tasks container."""
+  rng = np.random.default_rng(seed)
+  chol = np.linalg.cholesky(np.asarray(cov, np.float64))
+  d = chol.shape[0]
+  x_all = rng.normal(size=(batch_size, n + 1, d)) @ chol.T
+  w = rng.normal(size=(batch_size, d))
+  y_all = np.einsum("bni,bi->bn", x_all, w) + noise_std * rng.normal(size=(batch_size, n + 1))
+  return tasks.Tasks(x=jnp.asarray(x_all[:, :n]), y=jnp.asarray(y_all[:, :n]),
+                     x_query=jnp.asarray(x_all[:, n]), y_query=jnp.asarray(y_all[:, n]),
+                     w=jnp.asarray(w))

@@ -58,6 +58,12 @@ def test_finished_sub_runs_are_reused_and_changed_configs_are_not(tmp_path):
   assert os.stat(metrics).st_mtime_ns == stamp          # nothing retrained
   assert again == summary and history2 == history
   np.testing.assert_array_equal(params2["a"], params["a"])
-  config.train.steps = 30                                # a changed config trains on
-  third, history3, _ = common.train_run(ctx, "a", config)
+  config.train.learning_rate = 0.05                      # another run: refused, not mixed
+  with pytest.raises(ValueError, match=r"holds a run of another config \(train.learning_rate"):
+    common.train_run(ctx, "a", config)
+  config.train.learning_rate = 0.1
+  config.train.schedule = "constant"                     # ... a longer constant-step run trains on
+  common.train_run(ctx, "b", config)
+  config.train.steps = 30
+  third, history3, _ = common.train_run(ctx, "b", config)
   assert third["steps"] == 30 and history3[-1]["step"] == 30

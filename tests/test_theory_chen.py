@@ -9,23 +9,12 @@ from looped_icl import covariance
 from looped_icl import tasks
 from looped_icl import theory
 
+import reference  # tests/reference.py: shared NumPy references
+
 D = 4
 SPECTRUM = (1.0, 0.5, 0.25, 2.0)
 
 pytestmark = pytest.mark.usefixtures("x64")  # float64 throughout (one set of compilations).
-
-
-def _numpy_tasks(seed, cov, n, batch_size, noise_std):
-  """Token-level tasks drawn in numpy (x ~ N(0, cov), w* ~ N(0, I), Gaussian label noise)."""
-  rng = np.random.default_rng(seed)
-  chol = np.linalg.cholesky(np.asarray(cov, np.float64))
-  d = chol.shape[0]
-  x_all = rng.normal(size=(batch_size, n + 1, d)) @ chol.T
-  w = rng.normal(size=(batch_size, d))
-  y_all = np.einsum("bni,bi->bn", x_all, w) + noise_std * rng.normal(size=(batch_size, n + 1))
-  return tasks.Tasks(x=jnp.asarray(x_all[:, :n]), y=jnp.asarray(y_all[:, :n]),
-                     x_query=jnp.asarray(x_all[:, n]), y_query=jnp.asarray(y_all[:, n]),
-                     w=jnp.asarray(w))
 
 
 def _numpy_gd_errors(x, y, num_loops):
@@ -53,7 +42,7 @@ def test_chen_bound_holds_for_random_tasks(ratio):
   num_loops, d = 50, D
   n = int(ratio * d)
   cov = covariance.make_covariance("rotated", d, spectrum=SPECTRUM, cov_seed=3)
-  batch = _numpy_tasks(int(10 * ratio), cov, n, 16, noise_std=0.1)
+  batch = reference.numpy_tasks(int(10 * ratio), cov, n, 16, noise_std=0.1)
   res = {norm: theory.chen_fixed_errors(batch, num_loops, norm=norm) for norm in theory.CHEN_NORMS}
   t = np.arange(1, num_loops + 1)
   for b in range(16):
@@ -100,7 +89,7 @@ def test_chen_bound_tight_on_worst_case_prompt():
 def test_chen_fixed_iterates_are_gd():
   """The transformer's read-out vectors equal an explicit GD loop (the "generated vector")."""
   cov = covariance.make_covariance("diagonal", 3, spectrum=(1.0, 0.3, 2.0))
-  batch = _numpy_tasks(7, cov, 7, 4, noise_std=0.2)
+  batch = reference.numpy_tasks(7, cov, 7, 4, noise_std=0.2)
   w, eta = theory.chen_fixed_iterates(batch, 5)
   assert w.shape == (4, 5, 3)
   for b in range(4):
@@ -134,7 +123,7 @@ def test_chen_bound_values_and_validation():
 
 
 def test_chen_fixed_iterates_accept_gram_batches_only():
-  batch = _numpy_tasks(3, np.eye(3), 5, 2, noise_std=0.0)
+  batch = reference.numpy_tasks(3, np.eye(3), 5, 2, noise_std=0.0)
   w_tokens, _ = theory.chen_fixed_iterates(batch, 3)
   w_gram, _ = theory.chen_fixed_iterates(tasks.to_gram(batch), 3)
   np.testing.assert_array_equal(w_tokens, w_gram)

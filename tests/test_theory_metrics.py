@@ -9,8 +9,9 @@ import pytest
 from looped_icl import constructions
 from looped_icl import covariance
 from looped_icl import models
-from looped_icl import tasks
 from looped_icl import theory
+
+import reference  # tests/reference.py: shared NumPy references
 from looped_icl.theory import ahn
 from looped_icl.theory import chen
 from looped_icl.theory import chen_closed_form
@@ -26,19 +27,6 @@ pytestmark = pytest.mark.usefixtures("x64")  # float64 throughout (one set of co
 def _np_sqrtm(m, power):
   evals, evecs = np.linalg.eigh(np.asarray(m, np.float64))
   return (evecs * evals**power) @ evecs.T
-
-
-def _numpy_tasks(seed, cov, n, batch_size, noise_std):
-  """Token-level tasks drawn in numpy (x ~ N(0, cov), w* ~ N(0, I), Gaussian label noise)."""
-  rng = np.random.default_rng(seed)
-  chol = np.linalg.cholesky(np.asarray(cov, np.float64))
-  d = chol.shape[0]
-  x_all = rng.normal(size=(batch_size, n + 1, d)) @ chol.T
-  w = rng.normal(size=(batch_size, d))
-  y_all = np.einsum("bni,bi->bn", x_all, w) + noise_std * rng.normal(size=(batch_size, n + 1))
-  return tasks.Tasks(x=jnp.asarray(x_all[:, :n]), y=jnp.asarray(y_all[:, :n]),
-                     x_query=jnp.asarray(x_all[:, n]), y_query=jnp.asarray(y_all[:, n]),
-                     w=jnp.asarray(w))
 
 
 def test_package_reexports_every_public_name():
@@ -216,7 +204,7 @@ def test_sparse_full_model_predicts_as_its_effective_preconditioner(kind):
   params = {"p": jnp.asarray(p), "q": jnp.asarray(q)}
   a_eff = np.asarray(theory.effective_preconditioners(params, cfg))
   assert a_eff.shape == (num_mats, d, d)
-  batch = _numpy_tasks(9, np.eye(d), n, 5, noise_std=0.3)
+  batch = reference.numpy_tasks(9, np.eye(d), n, 5, noise_std=0.3)
   got = models.predict(params, cfg, batch, forward="tokens")
   if kind == "looped":
     pcfg, pparams = constructions.preconditioned_gd(a_eff[0], num_layers, eta=1.0, kind=kind)

@@ -4,6 +4,9 @@
 import json
 import os
 import shutil
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -83,3 +86,131 @@ def test_a_finished_run_is_reused_not_retrained(tmp_path):
   assert train.train_and_evaluate(config, str(tmp_path)) == json.loads(
       (tmp_path / "summary.json").read_text()) == summary
   assert os.path.getmtime(tmp_path / "metrics.jsonl") == mtime
+
+
+def _params_after(config, path):
+  params, history = train.train(workdir.start(config, str(path)), str(path))
+  return params, history
+
+
+def test_a_changed_config_is_refused_naming_the_field_and_the_record_kept(tmp_path):
+  config = _config()
+  workdir.start(config, str(tmp_path))
+  record = (tmp_path / "config.json").read_text()
+  changed = _config()
+  changed.train.learning_rate = 0.5
+  changed.task.n = 40
+  with pytest.raises(ValueError, match=r"^workdir .* holds a run of another config "
+                     r"\(task.n 20 -> 40; train.learning_rate 0.1 -> 0.5\); use a new"):
+    workdir.start(changed, str(tmp_path))
+  longer = _config(steps=40)   # default's cosine schedule depends on train.steps
+  with pytest.raises(ValueError, match=r"would change its cosine schedule"):
+    workdir.start(longer, str(tmp_path))
+  assert (tmp_path / "config.json").read_text() == record
+
+
+def test_extending_a_constant_schedule_equals_the_longer_run(tmp_path):
+  short, long_ = _config(steps=20), _config(steps=30)
+  for c in (short, long_):
+    c.train.schedule = "constant"
+  _params_after(short, tmp_path / "a")
+  params, history = _params_after(long_, tmp_path / "a")     # extended: 20 -> 30
+  straight, straight_history = _params_after(long_, tmp_path / "b")
+  np.testing.assert_array_equal(params["a"], straight["a"])
+  assert [r["step"] for r in history] == [r["step"] for r in straight_history] == [10, 20, 30]
+  with pytest.raises(ValueError, match="cannot be shortened"):
+    workdir.start(short, str(tmp_path / "a"))
+
+
+def test_one_writer_per_workdir(tmp_path):
+  path = str(tmp_path)
+  with workdir.lock(path):
+    with workdir.lock(path):        # re-entrant within the process
+      pass
+    out = subprocess.run([sys.executable, "-m", "looped_icl.cli", "train",
+                          "--config=default:quick", f"--workdir={path}"], capture_output=True,
+                         text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert out.returncode == 4, out.stderr[-2000:]
+    line = out.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: workdir {path} is in use by host ") and (
+        f"pid {os.getpid()} since" in line), line
+    assert "Traceback" not in out.stderr
+  assert (tmp_path / ".lock").read_text() == ""         # released cleanly
+  (tmp_path / ".lock").write_text("host gone pid 999999 since 2026-01-01 00:00:00")
+  with workdir.lock(path):          # a dead holder's record is taken over
+    assert f"pid {os.getpid()}" in (tmp_path / ".lock").read_text()
+
+
+def _damage(step_dir):
+  """Overwrites every data file of a checkpoint step with garbage (a disk fault)."""
+  files = [f for f in step_dir.rglob("*") if f.is_file() and f.stat().st_size > 0]
+  assert files
+  for f in files:
+    f.write_bytes(b"\x00garbage" * 8)
+
+
+def test_a_damaged_checkpoint_falls_back_to_an_intact_one_and_ends_the_same(tmp_path):
+  config = _config(steps=30)
+  straight, _ = _params_after(config, tmp_path / "straight")
+  interrupted = _config(steps=30)
+  _params_after(interrupted, tmp_path / "run")
+  _damage(tmp_path / "run" / "checkpoints" / "30")
+  _damage(tmp_path / "run" / "checkpoints" / "20")
+  # The metrics record was written past the intact step: rows 20 and 30 are dropped, re-logged.
+  params, history = _params_after(interrupted, tmp_path / "run")
+  np.testing.assert_array_equal(params["a"], straight["a"])
+  assert [r["step"] for r in workdir.read_metrics(str(tmp_path / "run"))] == [10, 20, 30]
+  assert [r["step"] for r in history] == [10, 20, 30]
+  assert len(list((tmp_path / "run" / "damaged_checkpoints").iterdir())) == 2
+  # None intact: a data error, exit 3 through the CLI's NoIntactCheckpoint, config not blamed.
+  for step in (10, 20, 30):
+    _damage(tmp_path / "run" / "checkpoints" / str(step))
+  with pytest.raises(train.NoIntactCheckpoint, match=r"^no intact checkpoint in .*step 30: "):
+    _params_after(interrupted, tmp_path / "run")
+
+
+def test_a_torn_metrics_line_is_dropped_and_repaired(tmp_path):
+  config = _config(steps=20)
+  _params_after(config, tmp_path)
+  with open(tmp_path / "metrics.jsonl", "a") as f:
+    f.write('{"step": 30, "loss": 0.')             # a crash in the middle of a write
+  assert [r["step"] for r in workdir.read_metrics(str(tmp_path))] == [10, 20]
+  workdir.MetricsWriter(str(tmp_path), 20, tensorboard=False).close()
+  assert (tmp_path / "metrics.jsonl").read_text().endswith("}\n")
+  with open(tmp_path / "metrics.jsonl", "a") as f:
+    f.write("not json\n{}\n")
+  with pytest.raises(ValueError, match=r"line 3 is not JSON"):
+    workdir.read_metrics(str(tmp_path))
+
+
+def test_kill_9_mid_training_then_resume_is_bit_exact(tmp_path):
+  """A training process killed with SIGKILL after its first checkpoint; the rerun ends with the
+  parameters of an uninterrupted run and one metrics row per logged step."""
+  args = ["--config=default:quick", "--config.train.steps=600", "--config.train.log_every=50",
+          "--config.train.checkpoint_every=100", "--config.train.batch_size=64",
+          "--config.train.eval_tasks=200", "--config.train.eval_population_samples=200"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  run_dir = tmp_path / "run"
+  proc = subprocess.Popen([sys.executable, "-m", "looped_icl.cli", "train", *args,
+                           f"--workdir={run_dir}"], env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  deadline = time.time() + 240
+  while time.time() < deadline and not (run_dir / "checkpoints" / "100").exists():
+    time.sleep(0.05)
+  time.sleep(0.3)
+  proc.kill()
+  proc.wait()
+  assert not (run_dir / "summary.json").exists(), "the run finished before it was killed"
+  rerun = subprocess.run([sys.executable, "-m", "looped_icl.cli", "train", *args,
+                          f"--workdir={run_dir}"], env=env, capture_output=True, text=True,
+                         timeout=300)
+  assert rerun.returncode == 0, rerun.stderr[-2000:]
+  config = config_lib.load("default:quick")
+  config.train.steps, config.train.log_every, config.train.checkpoint_every = 600, 50, 100
+  config.train.batch_size = 64
+  straight, _ = train.train(config_lib.from_config(config), str(tmp_path / "straight"))
+  exp = config_lib.from_config(config)
+  np.testing.assert_array_equal(workdir.load_trained_params(exp, str(run_dir))["a"],
+                                straight["a"])
+  steps = [r["step"] for r in workdir.read_metrics(str(run_dir))]
+  assert steps == list(range(50, 601, 50))

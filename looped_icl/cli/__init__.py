@@ -9,7 +9,8 @@ Subcommands (each a thin absl launcher around one library function; ``--help`` l
   benchmark  training-step speed, estimator variance  (benchmark.run, variance_benchmark.run)
 
 ``--config`` takes a config name (``default``, ``default:quick``; see :mod:`looped_icl.configs`)
-or a path (``my_config.py:ARG``). Exit codes: 0 ok, 2 invalid input, 3 training diverged.
+or a path (``my_config.py:ARG``). Exit codes: 0 ok, 2 invalid input, 3 training diverged (or no
+intact checkpoint), 4 the workdir is in use by another process.
 ``python -m looped_icl.cli SUBCOMMAND`` is the same command.
 """
 

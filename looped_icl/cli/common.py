@@ -1,5 +1,6 @@
 """What every ``looped-icl`` subcommand shares: config specs by name, one-line errors, exit codes."""
 
+import signal
 import sys
 
 import jax
@@ -11,9 +12,11 @@ from ml_collections import config_flags
 from looped_icl import config_lib
 from looped_icl import sharding
 from looped_icl import train
+from looped_icl import workdir
 
 EXIT_INVALID = 2
 EXIT_DIVERGED = 3
+EXIT_BUSY = 4
 
 
 def _flags_parser(argv):
@@ -67,11 +70,21 @@ def run(main, argv: list[str], doc: str, *, config_file_flag: bool = False) -> N
   app.run(quiet_main, argv=argv, flags_parser=_flags_parser)
 
 
+def _exit_on_sigterm(signum, frame):
+  del frame
+  raise SystemExit(128 + signum)   # unwinds: locks released, files closed, orbax finished
+
+
 def run_or_exit(fn) -> None:
-  """Runs ``fn``: a ValueError (invalid config) exits 2, divergence exits 3, one line each."""
+  """Runs ``fn``: a ValueError (invalid config) exits 2, divergence exits 3, a workdir held by
+  another process exits 4, one line each. SIGTERM exits through the same clean-up as an error."""
+  signal.signal(signal.SIGTERM, _exit_on_sigterm)
   try:
     fn()
-  except train.TrainingDiverged as e:
+  except workdir.WorkdirBusy as e:
+    sys.stderr.write(f"error: {e}\n")
+    sys.exit(EXIT_BUSY)
+  except (train.TrainingDiverged, train.NoIntactCheckpoint) as e:
     logging.error("%s", e)
     sys.stderr.write(f"error: {e}\n")
     sys.exit(EXIT_DIVERGED)

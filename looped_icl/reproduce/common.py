@@ -11,7 +11,6 @@ writes its tables (``*.csv``), figures (``*.png``) and headline numbers (``resul
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -73,8 +72,7 @@ read_csv = tables.read_csv
 
 def write_results(ctx: Context, results: dict) -> dict:
   """Writes ``results.json`` (headline numbers, JSON-ready) and returns it."""
-  with open(ctx.path("results.json"), "w") as f:
-    json.dump(_jsonable(results), f, indent=2)
+  workdir.write_json(ctx.workdir, "results.json", _jsonable(results))
   return results
 
 
