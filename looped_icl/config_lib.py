@@ -30,6 +30,7 @@ SCHEDULES = ("constant", "step", "cosine")
 OBJECTIVES = ("mc", "population")
 MODES = ("standard", "gradient_flow")
 POPULATION_PROPOSALS = ("defensive", "plain")
+MAX_D = 4096
 field = fields.field
 
 
@@ -37,13 +38,14 @@ field = fields.field
 class RunConfig(fields.Section):
   """The top-level fields."""
   seed: int = field(0, "Seed of everything random (init, data, evaluation); step keys are "
-                    "fold_in(key, step).", check=fields.nonnegative_int, hyper="data_key")
+                    "fold_in(key, step).", check=fields.int_in(0, 2**31 - 1), hyper="data_key")
 
 
 @dataclasses.dataclass(frozen=True)
 class TaskConfig(fields.Section):
   """``config.task``: the law of the in-context regression tasks (built by :meth:`build`)."""
-  d: int = field(5, "Covariate dimension d.", check=fields.positive_int)
+  d: int = field(5, "Covariate dimension d (at most 4096: d x d matrices per task).",
+                 check=fields.int_in(1, MAX_D))
   n: int = field(20, "Number n of in-context examples.", check=fields.positive_int)
   covariance: str = field("identity", "Sigma family: identity | diagonal | rotated | condition | "
                           "ar1 | power_law.", choices=covariance.FAMILIES, hyper="task")

@@ -136,6 +136,17 @@ def in_range(low: float, high: float, *, low_open: bool = False, high_open: bool
   return functools.partial(_in_range, low, high, low_open, high_open)
 
 
+def _int_in(low, high, name, value):
+  if not low <= value <= high:
+    raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+  return value
+
+
+def int_in(low: int, high: int) -> Check:
+  """A check that an integer lies in [low, high]."""
+  return functools.partial(_int_in, low, high)
+
+
 def nonnegative_int(name: str, value) -> int:
   if value < 0:
     raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
