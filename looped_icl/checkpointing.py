@@ -58,13 +58,11 @@ def restore(mngr: ocp.CheckpointManager, step: int, like):
   return jax.tree.unflatten(jax.tree.structure(like), leaves)
 
 
-def set_aside(mngr: ocp.CheckpointManager, step: int) -> str:
-  """Moves step ``step``'s directory out of the manager's view, to
-  ``workdir/damaged_checkpoints/STEP-TIME`` (kept for inspection, never read again)."""
-  directory = os.path.abspath(str(mngr.directory))
-  target = os.path.join(os.path.dirname(directory), "damaged_checkpoints",
+def set_aside(workdir: str, step: int) -> str:
+  """Moves checkpoint step ``step`` of ``workdir`` to ``workdir/damaged_checkpoints/STEP-TIME``
+  (kept for inspection, never read again). Managers opened before must be re-opened."""
+  target = os.path.join(os.path.abspath(workdir), "damaged_checkpoints",
                         f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
   os.makedirs(os.path.dirname(target), exist_ok=True)
-  shutil.move(os.path.join(directory, str(step)), target)
-  mngr.reload()
+  shutil.move(os.path.join(os.path.abspath(workdir), "checkpoints", str(step)), target)
   return target

@@ -95,12 +95,14 @@ class NoIntactCheckpoint(RuntimeError):
   """Checkpoints exist but none can be restored (a data error; the run cannot resume)."""
 
 
-def _restore(exps, mngrs, workdirs, recorded: bool) -> tuple[int, list[dict]]:
-  """The step the runs resume from and their states there (0 and fresh states if none).
+def _restore(exps, workdirs, recorded: bool):
+  """(managers, step, states): the runs' open checkpoint managers, the step they resume from and
+  their states there (0 and fresh states if there is no checkpoint).
 
   The newest checkpoint step that every run of the group has and that restores is used: a step
   that cannot be restored (missing or damaged files, bad metadata) is reported in one warning
-  line and set aside (``workdir/damaged_checkpoints``), and the next older one is tried. If a
+  line and set aside (``workdir/damaged_checkpoints``), and the next older one is tried (with
+  freshly opened managers: a failed restore can leave orbax's state inconsistent). If a
   preemption hit between a group's saves, the latest step they all have is used.
   Raises :class:`NoIntactCheckpoint` if there are checkpoints but none restores. Without a
   config.json that records these runs (``recorded`` False) a failed restore may be another
@@ -109,13 +111,16 @@ def _restore(exps, mngrs, workdirs, recorded: bool) -> tuple[int, list[dict]]:
   fresh = [train_step.initial_state(exp) for exp in exps]
   damaged = []
   while True:
+    mngrs = [workdir_lib.checkpoint_manager(w, exps[0]) for w in workdirs]
     common = set.intersection(*(set(m.all_steps()) for m in mngrs))
     if not common:
       break
     step = max(common)
     try:
-      return step, [checkpointing.restore(m, step, like) for m, like in zip(mngrs, fresh)]
+      return mngrs, step, [checkpointing.restore(m, step, like) for m, like in zip(mngrs, fresh)]
     except checkpointing.CheckpointError as e:
+      for m in mngrs:
+        m.close()
       run = next(w for w, m in zip(workdirs, mngrs) if step in m.all_steps())
       if not recorded:
         raise ValueError(f"checkpoint step {e.step} of {run} cannot be restored ({e.reason}); "
@@ -124,16 +129,18 @@ def _restore(exps, mngrs, workdirs, recorded: bool) -> tuple[int, list[dict]]:
       logging.warning("checkpoint step %d of %s cannot be restored (%s); falling back to an "
                       "older one", e.step, run, e.reason)
       damaged.append(str(e))
-      for m in mngrs:
-        checkpointing.set_aside(m, step)
+      for w in workdirs:
+        checkpointing.set_aside(w, step)
   if damaged:
+    for m in mngrs:
+      m.close()
     raise NoIntactCheckpoint(
         f"no intact checkpoint in {workdirs[0] if len(workdirs) == 1 else 'the group'} "
         f"({'; '.join(damaged)}); the damaged ones are in damaged_checkpoints/. Use a new "
         f"--workdir (or move checkpoints/ away to start this one again)")
   if any(m.latest_step() is not None for m in mngrs):
     logging.warning("the runs of this group have no checkpoint step in common; starting again")
-  return 0, fresh
+  return mngrs, 0, fresh
 
 
 def train(exp: config_lib.Experiment, workdir: str, *, mesh=None):
@@ -181,14 +188,8 @@ def _train_runs(exps: list[config_lib.Experiment], workdirs: list[str], *, mesh,
     raise ValueError(f"workdirs must have one entry per run ({num}), got {len(workdirs)}")
   train_step.check_same_program(exps)
   tc = exps[0].train
-  mngrs = [workdir_lib.checkpoint_manager(w, exps[0]) for w in workdirs]
-  try:
-    recorded = all([workdir_lib.matches_record(w, e) for w, e in zip(workdirs, exps)])
-    start, states = _restore(exps, mngrs, workdirs, recorded)
-  except BaseException:
-    for m in mngrs:   # orbax's background threads end cleanly: no tracebacks at exit
-      m.close()
-    raise
+  recorded = all([workdir_lib.matches_record(w, e) for w, e in zip(workdirs, exps)])
+  mngrs, start, states = _restore(exps, workdirs, recorded)
   if start:
     logging.info("Resuming %d run(s) from the checkpoint at step %d (%s)", num, start,
                  workdirs[0] if num == 1 else os.path.dirname(os.path.abspath(workdirs[0])))

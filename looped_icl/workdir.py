@@ -26,9 +26,11 @@ import socket
 import struct
 import time
 
+import jax
 import ml_collections
 import tensorboardX
 from absl import logging
+from jax.experimental import multihost_utils
 from tensorboardX.proto import event_pb2
 from tensorboardX.proto import summary_pb2
 
@@ -112,6 +114,8 @@ def start(config: ml_collections.ConfigDict, workdir: str) -> config_lib.Experim
   field, old -> new, and the way out): resuming it would mix two runs in one record. The one
   change allowed is a longer ``train.steps`` under a schedule that does not depend on it
   (constant or step); the record is then updated. A refused run leaves config.json as it was.
+  In a multi-host run process 0 writes the record and every other process checks, after a
+  barrier, that it joins that same run.
   """
   exp = config_lib.from_config(config)
   changes = config_changes(workdir, config)
@@ -131,6 +135,11 @@ def start(config: ml_collections.ConfigDict, workdir: str) -> config_lib.Experim
                        f"use a new --workdir")
     logging.info("extending the run in %s from train.steps=%d to %d", workdir, old, new)
   write_config(config, workdir)
+  if jax.process_count() > 1:   # process 0 wrote the record; the others join that run only
+    multihost_utils.sync_global_devices(f"looped_icl.workdir.start:{os.path.abspath(workdir)}")
+    if not same_config(workdir, config):
+      raise ValueError(f"process {jax.process_index()}: workdir {workdir} records another config "
+                       f"than this process's; every process must run the same command")
   return exp
 
 

@@ -169,6 +169,41 @@ def test_a_damaged_checkpoint_falls_back_to_an_intact_one_and_ends_the_same(tmp_
     _params_after(interrupted, tmp_path / "run")
 
 
+def _delete_one_array_file(step_dir):
+  os.remove(sorted(p for p in step_dir.rglob("*") if p.is_file() and "/d/" in str(p))[0])
+
+
+def _empty(step_dir):
+  for entry in list(step_dir.iterdir()):
+    shutil.rmtree(entry) if entry.is_dir() else os.remove(entry)
+
+
+@pytest.mark.parametrize("damage", [_delete_one_array_file, _empty])
+def test_missing_checkpoint_files_fall_back_too(tmp_path, damage):
+  config = _config(steps=20)
+  straight, _ = _params_after(config, tmp_path / "straight")
+  _params_after(config, tmp_path / "run")
+  damage(tmp_path / "run" / "checkpoints" / "20")
+  params, _ = _params_after(config, tmp_path / "run")
+  np.testing.assert_array_equal(params["a"], straight["a"])
+
+
+def test_cli_without_an_intact_checkpoint_exits_3_in_one_line(tmp_path):
+  args = [sys.executable, "-m", "looped_icl.cli", "train", "--config=default:quick",
+          f"--workdir={tmp_path}", "--config.train.steps=10", "--config.train.log_every=10",
+          "--config.train.checkpoint_every=10", "--config.train.batch_size=64",
+          "--config.train.eval_tasks=200", "--config.train.eval_population_samples=200"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  assert subprocess.run(args, env=env, capture_output=True, timeout=300).returncode == 0
+  (tmp_path / "summary.json").unlink()           # not finished: the rerun must restore
+  _damage(tmp_path / "checkpoints" / "10")
+  out = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 3, out.stderr[-2000:]
+  assert out.stderr.strip().splitlines()[-1].startswith("error: no intact checkpoint in ")
+  assert "Traceback" not in out.stderr and "config" not in out.stderr.splitlines()[-1].split(
+      "(")[0]
+
+
 def test_a_torn_metrics_line_is_dropped_and_repaired(tmp_path):
   config = _config(steps=20)
   _params_after(config, tmp_path)
