@@ -21,6 +21,7 @@ import numpy as np
 from looped_icl import validation
 
 Check = Callable[[str, Any], Any]
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def field(default, doc: str, *, check: Check | None = None, choices: Sequence[str] | None = None,
@@ -56,6 +57,8 @@ def _typed(name: str, default, value):
   if isinstance(default, float):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
       raise ValueError(f"{name} must be a number, got {value!r}")
+    if np.isfinite(value) and abs(value) > FLOAT32_MAX:   # would become inf in float32 arrays
+      raise ValueError(f"{name} must be at most {FLOAT32_MAX:.3g} in magnitude, got {value!r}")
     return float(value)
   if isinstance(default, str):
     if not isinstance(value, str):
@@ -65,7 +68,7 @@ def _typed(name: str, default, value):
     if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list)) or not all(
         isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in value):
       raise ValueError(f"{name} must be a sequence of numbers, got {value!r}")
-    return tuple(float(v) for v in value)
+    return tuple(_typed(name, 0.0, v) for v in value)
   return value
 
 
