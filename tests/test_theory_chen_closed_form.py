@@ -1,11 +1,12 @@
 """Tests for looped_icl.theory.chen_closed_form against explicit NumPy GD loops, least squares
-and hand-counted bound checks."""
+and hand-counted bound checks (the regression-side GD on w, and the paper's GD on q)."""
 
 import math
 
 import numpy as np
 import pytest
 
+from looped_icl import chen_construction
 from looped_icl import tasks
 from looped_icl import theory
 
@@ -146,3 +147,56 @@ def test_observed_rate_and_marchenko_pastur():
   np.testing.assert_allclose(rate, -kappa * np.log1p(-1 / kappa), rtol=1e-12)
   assert np.all(rate >= 1.0)
   assert theory.marchenko_pastur_kappa(1, 4) == pytest.approx(9.0)     # ((1 + 1/2) / (1/2))^2
+
+
+# ------------------------------------------------------------------------------------------------
+# The paper's construction: GD on q in closed form, Lemma 4.1 and Theorem 4.5 per setting.
+# ------------------------------------------------------------------------------------------------
+
+
+def test_generation_closed_form_is_the_explicit_gd_on_q():
+  gen = chen_construction.sample_tasks(0, 6, 3, 7)
+  loops = np.array([1, 2, 5, 17])
+  q_cf = theory.generation_closed_form(gen, loops)
+  assert q_cf.shape == (6, 4, 3)
+  for b in range(6):
+    x, y, alpha = gen.x[b], gen.y[b], gen.alpha[b]
+    eta = 1 / np.linalg.eigvalsh(x.T @ x)[-1]
+    q, out = np.zeros(3), []
+    for t in range(1, 18):
+      q = q - eta * (x.T @ x @ q + alpha * x.T @ y)
+      if t in loops:
+        out.append(q.copy())
+    np.testing.assert_allclose(q_cf[b], np.array(out), rtol=1e-10, atol=1e-13)
+  # T -> inf: q* = -alpha theta_hat = -alpha theta* (noiseless, n > d).
+  np.testing.assert_allclose(theory.generation_closed_form(gen, np.array([np.inf]))[:, 0],
+                             -gen.alpha[:, None] * gen.theta, rtol=1e-10, atol=1e-13)
+
+
+def test_theorem_4_5_evaluate_summary_and_totals():
+  gen = chen_construction.sample_tasks(1, 40, 4, 6)
+  ev = theory.theorem_4_5_evaluate(gen, 25, lemma_seed=3)
+  q0 = np.random.default_rng(3).standard_normal((40, 4))
+  assert ev.lemma_4_1 == chen_construction.lemma_4_1_error(gen, q0)
+  assert ev.lemma_4_1[0] <= 1e-12
+  assert ev.agreement < 1e-10
+  np.testing.assert_allclose(ev.kappa, theory.generation_kappa(gen.x), rtol=1e-12)
+  summary = theory.theorem_4_5_summary(ev, rate_s=3.0)
+  assert summary["as_stated_violations"] == summary["as_stated_pairs"] == 40 * 25
+  assert summary["corrected_violations"] == 0
+  assert summary["as_stated_err_over_alpha_final_median"] > 1.0
+  # The exponent, by hand at T = min(25, ceil(3 kappa)) per task.
+  err, scale = ev.errors["corrected"]
+  loops = np.minimum(25, np.ceil(3.0 * ev.kappa)).astype(int)
+  rate = -np.log(err[np.arange(40), loops - 1] / scale) * ev.kappa / loops
+  assert summary["rate_per_kappa_median"] == pytest.approx(np.median(rate), rel=1e-12)
+  assert summary["rate_per_kappa_min"] == pytest.approx(np.min(rate), rel=1e-12)
+  assert summary["rate_per_kappa_min"] >= 1.0 - 1e-9     # (1 - 1/kappa)^T <= exp(-T / kappa)
+  rows = [dict(summary, d=4, n=6), dict(summary, d=4, n=6, lemma_4_1_max_abs_error=1.0)]
+  totals = theory.theorem_4_5_totals(rows)
+  assert totals["lemma_4_1"] == {"max_abs_error": 1.0, "max_abs_entry": ev.lemma_4_1[1],
+                                 "tasks": 80}
+  stated = totals["theorem_4_5"]["as_stated"]
+  assert (stated["pairs"], stated["violations"]) == (2000, 2000)
+  assert stated["claim"] == theory.THEOREM_4_5_CLAIMS["as_stated"]
+  assert totals["theorem_4_5"]["n"] == [6, 6]

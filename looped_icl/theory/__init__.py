@@ -7,7 +7,8 @@ One module per paper, plus the paper-independent metrics:
 * :mod:`~looped_icl.theory.gatmiry`: Gatmiry et al. 2024, the gradient-dominance exponent of
   looped models and the isotropic gradient flow.
 * :mod:`~looped_icl.theory.chen`, :mod:`~looped_icl.theory.chen_closed_form`: Chen et al. 2024,
-  the fixed looped GD construction, its bound, and the same GD in closed form.
+  Theorem 4.5 as stated on the paper's construction (:mod:`looped_icl.chen_construction`), the
+  regression-side reading of the bound, and both GDs in closed form.
 * :mod:`~looped_icl.theory.metrics`: reading models as preconditioned GD, whitening, Dist(M, I).
 
 Every public name is re-exported here (``theory.ahn_theorem1``, ``theory.dist_to_identity``, ...).
@@ -16,22 +17,28 @@ Every public name is re-exported here (``theory.ahn_theorem1``, ``theory.dist_to
 from looped_icl.theory.ahn import ahn_theorem1
 from looped_icl.theory.ahn import gdpp_isotropic_loss_samples
 from looped_icl.theory.ahn import gdpp_isotropic_params
+from looped_icl.theory.chen import BOUND_REL_TOL
 from looped_icl.theory.chen import CHEN_NORMS
+from looped_icl.theory.chen import ROUNDOFF_FLOOR_FACTOR
+from looped_icl.theory.chen import THEOREM_4_5_CLAIMS
+from looped_icl.theory.chen import THEOREM_4_5_READINGS
+from looped_icl.theory.chen import ChenCheck
 from looped_icl.theory.chen import ChenErrors
 from looped_icl.theory.chen import chen_bound
+from looped_icl.theory.chen import chen_check
 from looped_icl.theory.chen import chen_fixed_errors
 from looped_icl.theory.chen import chen_fixed_iterates
 from looped_icl.theory.chen import chen_step_size
-from looped_icl.theory.chen_closed_form import BOUND_REL_TOL
+from looped_icl.theory.chen import generation_kappa
+from looped_icl.theory.chen import theorem_4_5_checks
+from looped_icl.theory.chen import theorem_4_5_counterexample
+from looped_icl.theory.chen import theorem_4_5_errors
 from looped_icl.theory.chen_closed_form import DISTANCE_NORMS
-from looped_icl.theory.chen_closed_form import ROUNDOFF_FLOOR_FACTOR
-from looped_icl.theory.chen_closed_form import ChenCheck
 from looped_icl.theory.chen_closed_form import ChenEvaluation
 from looped_icl.theory.chen_closed_form import ChenSpectral
 from looped_icl.theory.chen_closed_form import chen_agreement
 from looped_icl.theory.chen_closed_form import chen_bound_checks
 from looped_icl.theory.chen_closed_form import chen_bound_per_task
-from looped_icl.theory.chen_closed_form import chen_check
 from looped_icl.theory.chen_closed_form import chen_closed_form_distances
 from looped_icl.theory.chen_closed_form import chen_evaluate
 from looped_icl.theory.chen_closed_form import chen_loops_guarantee
@@ -40,7 +47,12 @@ from looped_icl.theory.chen_closed_form import chen_observed_rate
 from looped_icl.theory.chen_closed_form import chen_relative_errors
 from looped_icl.theory.chen_closed_form import chen_spectral
 from looped_icl.theory.chen_closed_form import chen_transformer_distances
+from looped_icl.theory.chen_closed_form import generation_closed_form
 from looped_icl.theory.chen_closed_form import marchenko_pastur_kappa
+from looped_icl.theory.chen_closed_form import theorem_4_5_evaluate
+from looped_icl.theory.chen_closed_form import theorem_4_5_summary
+from looped_icl.theory.chen_closed_form import theorem_4_5_totals
+from looped_icl.theory.chen_closed_form import Theorem45Evaluation
 from looped_icl.theory.gatmiry import gradient_dominance_exponent
 from looped_icl.theory.gatmiry import isotropic_flow_time
 from looped_icl.theory.gatmiry import isotropic_gradient_dominance_mu
@@ -56,13 +68,16 @@ from looped_icl.theory.metrics import whitened_scales
 
 __all__ = [
     "ahn_theorem1", "gdpp_isotropic_loss_samples", "gdpp_isotropic_params",
-    "CHEN_NORMS", "ChenErrors", "chen_bound", "chen_fixed_errors", "chen_fixed_iterates",
-    "chen_step_size",
-    "BOUND_REL_TOL", "DISTANCE_NORMS", "ROUNDOFF_FLOOR_FACTOR", "ChenCheck", "ChenEvaluation",
-    "ChenSpectral", "chen_agreement", "chen_bound_checks", "chen_bound_per_task", "chen_check",
-    "chen_closed_form_distances", "chen_evaluate", "chen_loops_guarantee",
+    "BOUND_REL_TOL", "CHEN_NORMS", "ROUNDOFF_FLOOR_FACTOR", "THEOREM_4_5_CLAIMS",
+    "THEOREM_4_5_READINGS", "ChenCheck", "ChenErrors", "chen_bound", "chen_check",
+    "chen_fixed_errors", "chen_fixed_iterates", "chen_step_size", "generation_kappa",
+    "theorem_4_5_checks", "theorem_4_5_counterexample", "theorem_4_5_errors",
+    "DISTANCE_NORMS", "ChenEvaluation", "ChenSpectral", "chen_agreement", "chen_bound_checks",
+    "chen_bound_per_task", "chen_closed_form_distances", "chen_evaluate", "chen_loops_guarantee",
     "chen_loops_to_epsilon", "chen_observed_rate", "chen_relative_errors", "chen_spectral",
-    "chen_transformer_distances", "marchenko_pastur_kappa",
+    "chen_transformer_distances", "generation_closed_form", "marchenko_pastur_kappa",
+    "theorem_4_5_evaluate", "theorem_4_5_summary",
+    "theorem_4_5_totals", "Theorem45Evaluation",
     "gradient_dominance_exponent", "isotropic_flow_time", "isotropic_gradient_dominance_mu",
     "asymmetry", "dist_to_identity", "effective_preconditioners", "eigenvalues_as_pairs",
     "mean_diagonal", "sparsity_residual", "unwhiten_preconditioner", "whiten_preconditioner",

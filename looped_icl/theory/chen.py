@@ -1,16 +1,22 @@
-"""Chen, Li, Liang, Shi, Song 2024 (arXiv 2410.11268): the fixed looped GD construction and its
-convergence bound |alpha| exp(-T / (2 kappa)) (SPEC §5).
+"""Chen, Li, Liang, Shi, Song 2024 (arXiv 2410.11268): the bound |alpha| exp(-T / (2 kappa)) read
+two ways, and the check of a bound over (task, T) pairs (SPEC §5, docs/chen_2024_statements.md).
 
-* :func:`chen_bound`: the bound (see its docstring for exactly what is bounded here).
-* :func:`chen_fixed_iterates`, :func:`chen_fixed_errors`: the iterates w_t of the fixed looped
-  transformer (:func:`looped_icl.constructions.chen_fixed`, eta = 1 / lambda_max(S) per prompt)
-  and their errors, read off the model's exact Gram forward (JAX).
+* Theorem 4.5 as the paper states it, on the paper's construction (tokens as rows, the query
+  vector q is what is generated; :mod:`looped_icl.chen_construction`):
+  :data:`THEOREM_4_5_CLAIMS` (as stated, sign only, and our corrected claim),
+  :func:`theorem_4_5_errors`, :func:`theorem_4_5_checks`, :func:`theorem_4_5_counterexample`.
+* The regression-side reading (GD on w in the label row; alpha := ||w_hat||, holds by algebra):
+  :func:`chen_bound` (its docstring states exactly what is bounded), :func:`chen_fixed_iterates`,
+  :func:`chen_fixed_errors` (the toolkit's :func:`looped_icl.constructions.chen_fixed`, eta =
+  1 / lambda_max(S) per prompt, read off the exact Gram forward).
+* :class:`ChenCheck`, :func:`chen_check`: violations of err <= bound up to float64 round-off.
 
-The same GD in closed form, for many tasks, is :mod:`looped_icl.theory.chen_closed_form`.
+The same GDs in closed form, for many tasks, are in :mod:`looped_icl.theory.chen_closed_form`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import NamedTuple
 
@@ -18,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from looped_icl import chen_construction
 from looped_icl import constructions
 from looped_icl import linalg
 from looped_icl import models
@@ -25,10 +32,49 @@ from looped_icl import tasks as tasks_lib
 from looped_icl import validation
 
 CHEN_NORMS = ("loss", "euclidean")
+BOUND_REL_TOL = 1e-9                   # relative slack of a violation (float64 evaluation)
+# Absolute round-off floor, in units of kappa times the bounded quantity's scale (||w_hat||, or
+# |alpha| (1 + ||theta*||^2)): a float64 solve, or a GD fixed point reached in float64, is accurate
+# to ~D eps kappa ||w|| (D = d + 1 = 11, eps = 2.2e-16, so ~2.4e-15 kappa ||w||); 1e-13 leaves a
+# margin of 40 over that estimate.
+ROUNDOFF_FLOOR_FACTOR = 1e-13
+THEOREM_4_5_READINGS = ("as_stated", "sign_only", "corrected")
+THEOREM_4_5_CLAIMS = {
+    "as_stated": "|<q(T), theta*> - alpha| <= |alpha| exp(-T / (2 kappa))",
+    "sign_only": "|<-q(T), theta*> - alpha| <= |alpha| exp(-T / (2 kappa))",
+    "corrected": "(ours) |<-q(T), theta*> - alpha ||theta*||^2| <= |alpha| ||theta*||^2 "
+                 "exp(-T / (2 kappa)); the paper's form if ||theta*|| = 1",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ChenCheck:
+  """Violations of err <= bound (1 + BOUND_REL_TOL) + floor over all (task, T) pairs."""
+  violations: int
+  pairs: int
+  floor_pairs: int          # pairs whose bound is below the round-off floor
+  max_ratio: float          # max err / bound over pairs above the floor
+
+
+def chen_check(err_BxK: np.ndarray, bound_BxK: np.ndarray,
+               floor_B: np.ndarray | float) -> ChenCheck:
+  """Counts the pairs with err > bound (1 + BOUND_REL_TOL) + floor (floor per task or shared)."""
+  floor_Bx1 = np.broadcast_to(np.asarray(floor_B, np.float64).reshape(-1, 1), (err_BxK.shape[0], 1))
+  above_BxK = bound_BxK > floor_Bx1
+  ratio = np.where(above_BxK, err_BxK / np.maximum(bound_BxK, np.finfo(np.float64).tiny), 0.0)
+  return ChenCheck(violations=int(np.sum(err_BxK > bound_BxK * (1 + BOUND_REL_TOL) + floor_Bx1)),
+                   pairs=int(err_BxK.size), floor_pairs=int(np.sum(~above_BxK)),
+                   max_ratio=float(np.max(ratio)))
+
+
 
 
 def chen_bound(alpha, num_loops, kappa) -> jax.Array:
   """|alpha| exp(-T / (2 kappa)), the error bound stated for Chen et al. 2024 (SPEC §5).
+
+  Theorem 4.5 as the paper states it is checked by :func:`theorem_4_5_checks`, which calls this
+  function with its own alpha; what follows is the REGRESSION-SIDE READING, the toolkit's first
+  reproduction, kept as a separate and weaker check (it holds by algebra).
 
   Source: Chen, Li, Liang, Shi, Song, "Bypassing the exponential dependency: looped transformers
   efficiently learn in-context by multi-step gradient descent", arXiv 2410.11268. Only the
@@ -185,5 +231,78 @@ def chen_fixed_errors(batch, num_loops: int, *, norm: str = "loss") -> ChenError
   return _chen_errors(gram, cfg)[norm]
 
 
-__all__ = ["CHEN_NORMS", "chen_bound", "chen_step_size", "chen_fixed_iterates",
-           "chen_fixed_errors", "ChenErrors"]
+# ------------------------------------------------------------------------------------------------
+# Theorem 4.5 as stated, on the paper's construction (looped_icl.chen_construction).
+# ------------------------------------------------------------------------------------------------
+
+
+def generation_kappa(x_BxNxD) -> np.ndarray:
+  """kappa = lambda_max / lambda_min of X^T X per task, (B,) float64 (the paper's kappa)."""
+  x_BxNxD = np.asarray(x_BxNxD, np.float64)
+  evals_BxD = np.linalg.eigvalsh(np.einsum("bni,bnj->bij", x_BxNxD, x_BxNxD))
+  return evals_BxD[:, -1] / evals_BxD[:, 0]
+
+
+def theorem_4_5_errors(tasks: chen_construction.GenerationTasks,
+                       q_BxTxD: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """Per reading (:data:`THEOREM_4_5_CLAIMS`): (error (B, T), the scale its bound multiplies (B,)).
+
+  q_BxTxD: TF's output q(t), t = 1..T (:func:`looped_icl.chen_construction.generated_vectors`).
+  as_stated: |<q(T), theta*> - alpha| over |alpha|; sign_only: |<-q(T), theta*> - alpha| over
+  |alpha|; corrected: |<-q(T), theta*> - alpha ||theta*||^2| over |alpha| ||theta*||^2.
+  """
+  theta_BxD, alpha_B = np.asarray(tasks.theta, np.float64), np.asarray(tasks.alpha, np.float64)
+  inner_BxT = np.einsum("btd,bd->bt", np.asarray(q_BxTxD, np.float64), theta_BxD)
+  norm2_B = np.sum(theta_BxD**2, axis=1)
+  return {
+      "as_stated": (np.abs(inner_BxT - alpha_B[:, None]), np.abs(alpha_B)),
+      "sign_only": (np.abs(-inner_BxT - alpha_B[:, None]), np.abs(alpha_B)),
+      "corrected": (np.abs(-inner_BxT - (alpha_B * norm2_B)[:, None]), np.abs(alpha_B) * norm2_B),
+  }
+
+
+def theorem_4_5_checks(tasks: chen_construction.GenerationTasks, q_BxTxD: np.ndarray,
+                       kappa_B: np.ndarray | None = None) -> dict[str, ChenCheck]:
+  """:func:`chen_check` of every reading over all (task, T) pairs, T = 1..q_BxTxD.shape[1].
+
+  Bound: scale exp(-T / (2 kappa)) (:func:`chen_bound`); floor: ROUNDOFF_FLOOR_FACTOR kappa
+  |alpha| (1 + ||theta*||^2), the float64 round-off of <q(T), theta*> and of its target.
+  """
+  kappa_B = generation_kappa(tasks.x) if kappa_B is None else np.asarray(kappa_B, np.float64)
+  loops_1xT = np.arange(1, q_BxTxD.shape[1] + 1)[None, :]
+  floor_B = ROUNDOFF_FLOOR_FACTOR * kappa_B * np.abs(tasks.alpha) * (
+      1 + np.sum(np.asarray(tasks.theta, np.float64)**2, axis=1))
+  out = {}
+  for reading, (err_BxT, scale_B) in theorem_4_5_errors(tasks, q_BxTxD).items():
+    bound_BxT = np.asarray(chen_bound(scale_B[:, None], loops_1xT, kappa_B[:, None]), np.float64)
+    out[reading] = chen_check(err_BxT, bound_BxT, floor_B)
+  return out
+
+
+def theorem_4_5_counterexample(reading: str = "as_stated") -> dict:
+  """The smallest counterexample to ``as_stated`` or ``sign_only``, run through the construction.
+
+  d = 1 and n = 2 are the smallest sizes the paper allows (n > d), T = 1 the first loop (T = 0
+  holds with equality, q(0) = 0), entries of size 1: X = [1, 1]^T (kappa = 1, eta = 1/2), alpha =
+  1, theta* = 1 for ``as_stated`` (q(1) = -1, error 2) and theta* = 2, the smallest integer off
+  the unit sphere, for ``sign_only`` (-q(1) = 2, error |4 - 1| = 3); the bound is e^{-1/2}.
+  """
+  validation.choice("reading", reading, THEOREM_4_5_READINGS[:2])
+  theta = 1.0 if reading == "as_stated" else 2.0
+  x_1x2x1 = np.ones((1, 2, 1))
+  tasks = chen_construction.GenerationTasks(x=x_1x2x1, y=theta * np.ones((1, 2)),
+                                            theta=np.array([[theta]]), alpha=np.array([1.0]))
+  q_1x1x1 = chen_construction.generated_vectors(tasks, 1)
+  err_1x1, scale_1 = theorem_4_5_errors(tasks, q_1x1x1)[reading]
+  kappa = float(generation_kappa(x_1x2x1)[0])
+  return {"reading": reading, "claim": THEOREM_4_5_CLAIMS[reading], "d": 1, "n": 2,
+          "x": [1.0, 1.0], "theta": theta, "alpha": 1.0, "T": 1, "kappa": kappa,
+          "eta": float(chen_construction.chen_step(x_1x2x1)[0]), "q_T": float(q_1x1x1[0, 0, 0]),
+          "lhs": float(err_1x1[0, 0]),
+          "bound": float(chen_bound(float(scale_1[0]), 1, kappa))}
+
+
+__all__ = ["CHEN_NORMS", "BOUND_REL_TOL", "ROUNDOFF_FLOOR_FACTOR", "ChenCheck", "chen_check",
+           "chen_bound", "chen_step_size", "chen_fixed_iterates", "chen_fixed_errors",
+           "ChenErrors", "THEOREM_4_5_READINGS", "THEOREM_4_5_CLAIMS", "generation_kappa",
+           "theorem_4_5_errors", "theorem_4_5_checks", "theorem_4_5_counterexample"]

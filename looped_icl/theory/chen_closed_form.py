@@ -7,11 +7,16 @@ accuracy ~1e-14 at every T: products of powers, no cancellation). The transforme
 costs O(T d^4) per prompt (d query read-outs, each carrying its own copy of the Gram matrix), so
 the closed form serves many tasks and the transformer a subset it must agree with.
 
-Round-off floors: a violation is err > bound (1 + BOUND_REL_TOL) + floor; floor = 0 for the closed
-form's distances to w_hat (exact), and floor = ROUNDOFF_FLOOR_FACTOR kappa ||w_hat|| (Euclidean;
-times sqrt(lambda_max) in the S-norm) wherever a float64 round-off floor exists: the transformer's
+Round-off floors (the tolerances and the check itself are :mod:`looped_icl.theory.chen`'s): a
+violation is err > bound (1 + BOUND_REL_TOL) + floor; floor = 0 for the closed form's distances to
+w_hat (exact), and floor = ROUNDOFF_FLOOR_FACTOR kappa ||w_hat|| (Euclidean; times
+sqrt(lambda_max) in the S-norm) wherever a float64 round-off floor exists: the transformer's
 iterate vs a separately solved w_hat, or the distance to w* (w_hat - w* is a linear solve's
 round-off, ~d eps kappa ||w||, even without noise).
+
+The paper's own construction (tokens as rows, q generated; :mod:`looped_icl.chen_construction`)
+runs GD on f(q) = ||X q + alpha y||^2 / 2; :func:`generation_closed_form` is that GD in closed form
+and :func:`theorem_4_5_evaluate` checks Lemma 4.1 and Theorem 4.5 with both.
 """
 
 from __future__ import annotations
@@ -23,15 +28,11 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
+from looped_icl import chen_construction
 from looped_icl import tasks as tasks_lib
 from looped_icl.theory import chen
 
 DISTANCE_NORMS = ("s", "euclidean")    # the closed form's names of the same two norms
-BOUND_REL_TOL = 1e-9                   # relative slack of a violation (float64 evaluation)
-# Absolute round-off floor, in units of kappa ||w_hat||: a float64 solve, or a GD fixed point
-# reached in float64, is accurate to ~D eps kappa ||w|| (D = d + 1 = 11, eps = 2.2e-16, so
-# ~2.4e-15 kappa ||w||); 1e-13 leaves a margin of 40 over that estimate.
-ROUNDOFF_FLOOR_FACTOR = 1e-13
 CHUNK = 1000                           # tasks per closed-form chunk (bounds the memory)
 
 
@@ -59,7 +60,7 @@ class ChenSpectral:
 
   def floor(self, norm: str) -> np.ndarray:
     """The absolute float64 round-off floor of a distance in ``norm``, (B,)."""
-    floor_B = ROUNDOFF_FLOOR_FACTOR * self.kappa_B * self.alpha("euclidean")
+    floor_B = chen.ROUNDOFF_FLOOR_FACTOR * self.kappa_B * self.alpha("euclidean")
     return floor_B * (np.sqrt(self.lam_BxD[:, -1]) if norm == "s" else 1.0)
 
   @property
@@ -171,7 +172,7 @@ def chen_loops_to_epsilon(spec: ChenSpectral, eps: float) -> np.ndarray:
   target_B = eps * spec.alpha("euclidean")
   hi_B = chen_loops_guarantee(spec.kappa_B, eps).astype(np.int64)
   dist = lambda t_B: chen_closed_form_distances(spec, t_B[:, None])["euclidean"][:, 0]
-  if np.any(dist(hi_B) > target_B * (1 + BOUND_REL_TOL)):
+  if np.any(dist(hi_B) > target_B * (1 + chen.BOUND_REL_TOL)):
     raise AssertionError("the bound's guarantee T_eps <= ceil(2 kappa ln(1/eps)) failed")
   lo_B = np.zeros_like(hi_B)        # invariant: dist(lo) > target >= dist(hi)
   while np.any(hi_B - lo_B > 1):
@@ -198,28 +199,8 @@ def chen_bound_per_task(alpha_B: np.ndarray, loops_BxK: np.ndarray,
   return np.asarray(chen.chen_bound(alpha_B[:, None], loops_BxK, kappa_B[:, None]), np.float64)
 
 
-@dataclasses.dataclass(frozen=True)
-class ChenCheck:
-  """Violations of err <= bound (1 + BOUND_REL_TOL) + floor over all (task, T) pairs."""
-  violations: int
-  pairs: int
-  floor_pairs: int          # pairs whose bound is below the round-off floor
-  max_ratio: float          # max err / bound over pairs above the floor
-
-
-def chen_check(err_BxK: np.ndarray, bound_BxK: np.ndarray,
-               floor_B: np.ndarray | float) -> ChenCheck:
-  """Counts the pairs with err > bound (1 + BOUND_REL_TOL) + floor (floor per task or shared)."""
-  floor_Bx1 = np.broadcast_to(np.asarray(floor_B, np.float64).reshape(-1, 1), (err_BxK.shape[0], 1))
-  above_BxK = bound_BxK > floor_Bx1
-  ratio = np.where(above_BxK, err_BxK / np.maximum(bound_BxK, np.finfo(np.float64).tiny), 0.0)
-  return ChenCheck(violations=int(np.sum(err_BxK > bound_BxK * (1 + BOUND_REL_TOL) + floor_Bx1)),
-                   pairs=int(err_BxK.size), floor_pairs=int(np.sum(~above_BxK)),
-                   max_ratio=float(np.max(ratio)))
-
-
 def chen_bound_checks(spec: ChenSpectral, dist: dict, loops, transformer: bool,
-                      keys=DISTANCE_NORMS) -> dict[str, ChenCheck]:
+                      keys=DISTANCE_NORMS) -> dict[str, chen.ChenCheck]:
   """Bound checks of ``keys`` (s / euclidean vs w_hat; to_w_star / probe vs w*).
 
   ``loops``: (K,) shared or (B, K) per task, the loop counts of ``dist``'s columns;
@@ -237,7 +218,8 @@ def chen_bound_checks(spec: ChenSpectral, dist: dict, loops, transformer: bool,
     if key == "probe":
       u_norm_B = spec.probe_norm_B
       alpha_B, floor_B = alpha_B * u_norm_B, floor_B * u_norm_B
-    out[key] = chen_check(dist[key], chen_bound_per_task(alpha_B, loops_BxK, kappa_B), floor_B)
+    out[key] = chen.chen_check(dist[key], chen_bound_per_task(alpha_B, loops_BxK, kappa_B),
+                               floor_B)
   return out
 
 
@@ -261,8 +243,8 @@ class ChenEvaluation(NamedTuple):
   closed_form: dict[str, np.ndarray]
   transformer: dict[str, np.ndarray]
   agreement: float
-  checks: dict[str, ChenCheck]
-  transformer_checks: dict[str, ChenCheck]
+  checks: dict[str, chen.ChenCheck]
+  transformer_checks: dict[str, chen.ChenCheck]
 
 
 def chen_evaluate(batch: tasks_lib.Tasks, loops, num_transformer: int, transformer_loops: int, *,
@@ -290,10 +272,120 @@ def chen_evaluate(batch: tasks_lib.Tasks, loops, num_transformer: int, transform
                                            keys=transformer_keys))
 
 
+# ------------------------------------------------------------------------------------------------
+# The paper's construction: GD on q (Lemma 4.1, Theorem 4.5).
+# ------------------------------------------------------------------------------------------------
+
+
+def generation_closed_form(tasks: chen_construction.GenerationTasks, loops) -> np.ndarray:
+  """q(T) of the paper's construction from q(0) = 0 with eta = 1 / lambda_max(X^T X), (B, K, d).
+
+  A loop is q <- q - eta (A q + alpha X^T y), A = X^T X (Lemma 4.1), so q(T) = (I - (I - eta A)^T)
+  q*, q* = -alpha theta_hat, theta_hat = A^{-1} X^T y; with A = U diag(lam) U^T the coordinates of
+  U^T q(T) are -alpha (1 - (1 - lam_i / lam_max)^T) (U^T theta_hat)_i. ``loops``: (K,) shared.
+  """
+  x_BxNxD = np.asarray(tasks.x, np.float64)
+  lam_BxD, u_BxDxD = np.linalg.eigh(np.einsum("bni,bnj->bij", x_BxNxD, x_BxNxD))
+  xty_BxD = np.einsum("bni,bn->bi", x_BxNxD, np.asarray(tasks.y, np.float64))
+  c_BxD = np.einsum("bji,bj->bi", u_BxDxD, xty_BxD) / lam_BxD          # U^T theta_hat
+  r_BxD = 1.0 - lam_BxD / lam_BxD[:, -1:]
+  gain_BxKxD = 1.0 - r_BxD[:, None, :] ** np.asarray(loops)[None, :, None]
+  coords_BxKxD = -np.asarray(tasks.alpha, np.float64)[:, None, None] * gain_BxKxD * c_BxD[:, None]
+  return np.einsum("bij,bkj->bki", u_BxDxD, coords_BxKxD)
+
+
+class Theorem45Evaluation(NamedTuple):
+  """One setting of generation tasks evaluated by :func:`theorem_4_5_evaluate`.
+
+  kappa: (B,) cond(X^T X); errors: per reading (:data:`~looped_icl.theory.chen.
+  THEOREM_4_5_READINGS`), (error (B, T), scale (B,)) for T = 1..T_max; checks: per reading, the
+  :class:`~looped_icl.theory.chen.ChenCheck`; lemma_4_1: (max |Attn(Z(0)) - Lemma 4.1|, max |entry|);
+  agreement: max |q_transformer - q_closed_form| / (|alpha| ||theta_hat||) over tasks and T.
+  """
+  kappa: np.ndarray
+  errors: dict[str, tuple[np.ndarray, np.ndarray]]
+  checks: dict[str, chen.ChenCheck]
+  lemma_4_1: tuple[float, float]
+  agreement: float
+
+
+def theorem_4_5_evaluate(tasks: chen_construction.GenerationTasks, num_loops: int, *,
+                         lemma_seed: int = 0) -> Theorem45Evaluation:
+  """Lemma 4.1 and every reading of Theorem 4.5 on ``tasks``, T = 1..``num_loops``.
+
+  Lemma 4.1 is checked at a random q(0) ~ N(0, I_d) (``lemma_seed``), so both of its terms are
+  exercised; Theorem 4.5 reads q(t) off the transformer (q(0) = 0, eta(t) = 1 / lambda_max(X^T X))
+  and compares it with :func:`generation_closed_form`. Call under ``jax.enable_x64``.
+  """
+  x_BxNxD = np.asarray(tasks.x, np.float64)
+  num, _, d = x_BxNxD.shape
+  lemma = chen_construction.lemma_4_1_error(
+      tasks, np.random.default_rng(lemma_seed).standard_normal((num, d)))
+  q_BxTxD = chen_construction.generated_vectors(tasks, num_loops)
+  q_cf_BxTxD = generation_closed_form(tasks, np.arange(1, num_loops + 1))
+  # |alpha| ||theta_hat|| = ||q*||, the scale of q(T).
+  scale_B = np.linalg.norm(generation_closed_form(tasks, np.array([np.inf]))[:, 0], axis=1)
+  agreement = float(np.max(np.abs(q_BxTxD - q_cf_BxTxD) / scale_B[:, None, None]))
+  kappa_B = chen.generation_kappa(x_BxNxD)
+  return Theorem45Evaluation(kappa=kappa_B, errors=chen.theorem_4_5_errors(tasks, q_BxTxD),
+                             checks=chen.theorem_4_5_checks(tasks, q_BxTxD, kappa_B),
+                             lemma_4_1=lemma, agreement=agreement)
+
+
+def theorem_4_5_summary(ev: Theorem45Evaluation, rate_s: float) -> dict:
+  """One setting's headline numbers: kappa quantiles, Lemma 4.1's error, the transformer's
+  agreement, each reading's check, the as-stated error at T_max, and the decay exponent.
+
+  The exponent per unit T / kappa (:func:`chen_observed_rate`; the bound's is 1/2) is measured on
+  the corrected reading at T = min(T_max, ceil(rate_s kappa)) per task, where the error is still
+  far above float64 round-off; its median and min over tasks are reported.
+  """
+  kappa_B = ev.kappa
+  err_BxT, scale_B = ev.errors["corrected"]
+  t_max = err_BxT.shape[1]
+  loops_B = np.minimum(t_max, np.ceil(rate_s * kappa_B)).astype(np.int64)
+  rel_B = err_BxT[np.arange(kappa_B.size), loops_B - 1] / scale_B
+  rate_B = chen_observed_rate(rel_B, loops_B, kappa_B)
+  stated_err_BxT, stated_scale_B = ev.errors["as_stated"]
+  out = {"num_tasks": int(kappa_B.size), "T_max": int(t_max),
+         "kappa_median": float(np.median(kappa_B)), "kappa_q90": float(np.quantile(kappa_B, 0.9)),
+         "lemma_4_1_max_abs_error": ev.lemma_4_1[0], "lemma_4_1_max_abs_entry": ev.lemma_4_1[1],
+         "transformer_vs_closed_form": ev.agreement}
+  for reading, check in ev.checks.items():
+    out.update({f"{reading}_{k}": v for k, v in dataclasses.asdict(check).items()})
+  out.update(as_stated_err_over_alpha_final_median=float(np.median(
+                 stated_err_BxT[:, -1] / stated_scale_B)),
+             rate_per_kappa_median=float(np.median(rate_B)),
+             rate_per_kappa_min=float(np.min(rate_B)), paper_rate_per_kappa=0.5)
+  return out
+
+
+def theorem_4_5_totals(summaries: list[dict]) -> dict:
+  """``lemma_4_1`` and ``theorem_4_5`` over settings (:func:`theorem_4_5_summary` of each, with
+  its ``d`` and ``n``): each reading's claim, pairs, violations, floor pairs and max ratio."""
+  total = lambda key: sum(row[key] for row in summaries)
+  most = lambda key: max(row[key] for row in summaries)
+  theorem = {"paper_rate_per_kappa": 0.5,
+             "transformer_vs_closed_form": most("transformer_vs_closed_form"),
+             "rate_per_kappa_min": min(row["rate_per_kappa_min"] for row in summaries)}
+  for r in chen.THEOREM_4_5_READINGS:
+    theorem[r] = {"claim": chen.THEOREM_4_5_CLAIMS[r], "pairs": total(f"{r}_pairs"),
+                  "violations": total(f"{r}_violations"),
+                  "floor_pairs": total(f"{r}_floor_pairs"), "max_ratio": most(f"{r}_max_ratio")}
+  theorem.update({k: [row[k] for row in summaries] for k in (
+      "d", "n", "kappa_median", "rate_per_kappa_median", "as_stated_err_over_alpha_final_median")})
+  return {"lemma_4_1": {"max_abs_error": most("lemma_4_1_max_abs_error"),
+                        "max_abs_entry": most("lemma_4_1_max_abs_entry"),
+                        "tasks": total("num_tasks")},
+          "theorem_4_5": theorem}
+
+
 __all__ = [
-    "DISTANCE_NORMS", "BOUND_REL_TOL", "ROUNDOFF_FLOOR_FACTOR", "ChenSpectral",
+    "DISTANCE_NORMS", "ChenSpectral",
     "chen_spectral", "chen_closed_form_distances", "chen_transformer_distances",
-    "chen_loops_to_epsilon", "marchenko_pastur_kappa", "chen_bound_per_task", "ChenCheck",
-    "chen_check", "chen_bound_checks", "chen_agreement", "chen_relative_errors",
+    "chen_loops_to_epsilon", "marchenko_pastur_kappa", "chen_bound_per_task",
+    "chen_bound_checks", "chen_agreement", "chen_relative_errors",
     "chen_loops_guarantee", "chen_observed_rate", "ChenEvaluation", "chen_evaluate",
+    "generation_closed_form", "Theorem45Evaluation", "theorem_4_5_evaluate",
+    "theorem_4_5_summary", "theorem_4_5_totals",
 ]
