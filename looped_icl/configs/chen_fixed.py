@@ -1,5 +1,10 @@
 r"""Chen et al. 2024: the fixed looped construction runs GD; only the step(s) are learned.
 
+This is the toolkit's regression-side reading of Chen et al. (tokens as columns, GD on w in the
+label row, SPEC §3), not the paper's own construction (tokens as rows, the query vector q is
+generated; :mod:`looped_icl.chen_construction`, docs/chen_2024_statements.md), which has no
+trainable part here.
+
 Looped ``fixed`` model (P = e_D e_D^T, Q = [[I, 0], [0, 0]]), T = 10 loops with one trainable
 step per loop (starting near a conservative eta = 0.1), d = 5, n = 20 (n/d = 4), Sigma = I,
 w* ~ N(0, I), exact population objective. At n/d = 2 the 10-step loss is dominated by rare S with

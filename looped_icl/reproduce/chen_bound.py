@@ -1,55 +1,39 @@
-r"""Chen, Li, Liang, Shi, Song 2024: fixed looped GD has error <= |alpha| exp(-T / (2 kappa)).
+r"""Chen, Li, Liang, Shi, Song 2024: Lemma 4.1 and Theorem 4.5 as stated, and the regression-side
+reading of the bound |alpha| exp(-T / (2 kappa)).
 
-Paper claim (arXiv 2410.11268; only its abstract could be read): a linear looped transformer
-implements multi-step gradient descent in context, and as long as the data has a constant
-condition number -- e.g. n = O(d) examples -- it reaches a small error with T loops, the error
-decaying as exp(-T / (2 kappa)) (SPEC §5), instead of needing n = exp(Omega(T)) examples.
+Paper (arXiv 2410.11268; its statements, and what is inferred: docs/chen_2024_statements.md): a
+linear looped transformer with tokens as rows, Z(0) = [[X, y], [q(0)^T, alpha]], Q = I, P =
+[[I, 0], [0, 0]] and a mask that updates the query row only, run T loops Z(t) = Z(t-1) -
+eta(t-1) Attn(Z(t-1)), generates q(T) with |<q(T), theta*> - alpha| <= |alpha| exp(-T/(2 kappa))
+(Theorem 4.5), kappa = cond(X^T X), so n = O(d) examples (kappa = O(1)) suffice.
 
-Setting (no training): the fixed looped construction (:func:`looped_icl.constructions.chen_fixed`,
-P = e_D e_D^T, Q = [[I, 0], [0, 0]]) with each prompt's own step eta = 1 / lambda_max(S),
-S = X^T X / n, which is GD from w_0 = 0 on L(w) = ||y - X w||^2 / (2n). The transformer
-"generates" the vector w_T: querying it with x_q = e_k reads coordinate k
-(:func:`looped_icl.theory.chen_fixed_iterates`). The bound is :func:`looped_icl.theory.chen_bound`
-with the claim its docstring pins: ||w_T - w_hat|| <= alpha exp(-T / (2 kappa)) in the S-norm and
-in the Euclidean norm, alpha = the same norm of w_hat (the least-squares solution), kappa =
-cond(X^T X) of that task. x ~ N(0, Sigma), w* ~ N(0, I), float64 throughout.
+5. ``chen_theorem_4_5`` (the paper's object: :mod:`looped_icl.chen_construction`): X_ij ~ N(0, 1),
+   theta* ~ N(0, I_d), y = X theta*, alpha ~ N(0, 1), q(0) = 0, eta(t) = 1 / lambda_max(X^T X);
+   the paper's d = 4 with n in {6, 8, 16, 32, 64}, and n/d in {1.5, 2, 4, 8} at d = 8 (and 16 in
+   the full run). Lemma 4.1 entrywise at a random q(0); Theorem 4.5 for every task and T =
+   1..T_max as stated, with the sign fixed only (output -q(T)), and corrected (ours: target
+   alpha ||theta*||^2), q(T) read off the transformer and checked against the closed-form GD.
+   Expected: Lemma 4.1 to ~1e-13; the statement as written fails at every T >= 1 (<q(T), theta*>
+   has the sign of -alpha, tending to -alpha ||theta*||^2); the corrected claim holds, decaying at
+   ~1/kappa per loop, twice the bound's 1/(2 kappa).
 
-How the errors are computed (:mod:`looped_icl.theory.chen_closed_form`): every setting is
-evaluated in closed form (all tasks, every T) and through the transformer (the first
-``num_transformer`` tasks, T = 1..T_max); the two must agree (``*_transformer_vs_closed_form``).
-Bound violations are counted for both, for every task and every T, up to the float64 round-off
-floors that module documents; ``*_floor_pairs`` counts the (task, T) pairs whose bound is below
-that floor, i.e. where the check is only "error at round-off level".
+1-4 are the REGRESSION-SIDE READING (the toolkit's first reproduction, a separate and weaker check
+that holds by algebra): :func:`looped_icl.constructions.chen_fixed` (tokens as columns, GD on w in
+the label row) with eta = 1 / lambda_max(S), S = X^T X / n, against :func:`looped_icl.theory.
+chen_bound` with alpha := ||w_hat|| (S-norm and Euclidean). Closed form for all tasks, the
+transformer for the first ``num_transformer`` (they must agree); violations up to the float64
+floors of :mod:`looped_icl.theory.chen_closed_form` (``*_floor_pairs``: bound below the floor).
 
-Experiments (CSV + PNG each):
-
-1. ``chen_bound_vs_T``: error vs T = 1..T_max against the bound for n/d in {1.5, 2, 4, 8}
-   (d = 10, Sigma = I, no noise); quantiles of error / alpha and error / bound; the per-task
-   kappa distribution vs n/d (``chen_kappa.csv``) next to the Marchenko-Pastur edge value
-   ((1 + sqrt(d/n)) / (1 - sqrt(d/n)))^2, and the loops T_eps needed for ||w_T - w_hat|| <=
-   eps ||w_hat|| (eps = 1e-3; the bound guarantees T_eps <= ceil(2 kappa ln(1/eps))).
-   Expected: zero violations; kappa's median falls with n/d towards O(1); T_eps ~ kappa.
-2. ``chen_generation``: linear vector generation. The paper studies "linear vector generation
-   tasks"; their exact definition could not be checked (only the abstract was available), and
-   SPEC §5 describes the dual task as "generate v with <v, w*> ~ alpha". Implemented here:
-   (a) generation: from the in-context pairs (x_i, y_i = <w*, x_i>) the looped transformer
-   generates the vector v = w_T (read with the queries e_1..e_d); the generation error
-   ||w_T - w*||_2 must obey the bound with alpha = ||w*||_2 (noiseless, so w_hat = w*);
-   (b) the inner-product ("dual") reading: for a probe u (the prompt's query x_q ~ N(0, Sigma))
-   the generated vector must satisfy <v, u> ~ alpha_u := <w*, u>, and |<w_T, u> - alpha_u| <=
-   ||u|| ||w*|| exp(-T / (2 kappa)) (Cauchy-Schwarz on (a)). <w_T, u> is exactly the transformer's
-   prediction at the query u (the query column evolves linearly). Expected: zero violations.
-3. ``chen_kappa_stress``: Sigma with condition number kappa_Sigma in {1, 10, 100} ('condition'
-   family, d = 5, n = 20). Per task, error / alpha at T = ceil(s kappa) collapses onto one curve
-   in s = T / kappa below the bound's exp(-s/2) (the proof's sharper rate is exp(-s)); the loops
-   T_eps to reach eps = 1e-3 grow proportionally to kappa (T_eps / kappa ~ constant).
-4. ``chen_noise``: label noise sigma in {0, 0.1, 0.5} (n/d = 4, d = 10; the same X and w* for
-   every sigma): the error to w_hat still obeys the bound; the error to w* plateaus at the OLS
-   noise floor ||w_hat - w*|| (E ||w_hat - w*||^2 = sigma^2 d / (n - d - 1) for Sigma = I).
-
-Paper numbers: the paper's rate exponent is 1/2 (exp(-T / (2 kappa))); the toolkit reports the
-observed exponent per kappa (``observed_rate_per_kappa``, median of -ln(err/alpha) / (T/kappa) at
-T = ceil(s_max kappa)), expected near 1 (the worst case decays as (1 - 1/kappa)^T).
+1. ``chen_bound_vs_T``: n/d in {1.5, 2, 4, 8} (d = 10, Sigma = I): error vs T = 1..T_max, kappa
+   vs n/d next to the Marchenko-Pastur edge ((1 + sqrt(d/n)) / (1 - sqrt(d/n)))^2, loops T_eps to
+   eps = 1e-3 relative error (guaranteed <= ceil(2 kappa ln(1/eps))).
+2. ``chen_generation``: w_T read with the queries e_1..e_d: ||w_T - w*|| under the bound with
+   alpha = ||w*||, and |<w_T - w*, u>| <= ||u|| ||w*|| exp(-T / (2 kappa)) at a probe u = x_q.
+3. ``chen_kappa_stress``: kappa_Sigma in {1, 10, 100} (d = 5, n = 20): error vs s = T / kappa
+   collapses onto one curve; T_eps ~ kappa.
+4. ``chen_noise``: label noise sigma in {0, 0.1, 0.5} (n/d = 4, d = 10, same X and w*): the error
+   to w_hat obeys the bound; the error to w* plateaus at the OLS floor ||w_hat - w*||.
+Expected: 0 violations (``violations_total``); exponent per kappa ~1 against the bound's 1/2.
 """
 
 from __future__ import annotations
@@ -61,6 +45,7 @@ import math
 import jax
 import numpy as np
 
+from looped_icl import chen_construction
 from looped_icl import covariance
 from looped_icl import estimators
 from looped_icl import tasks
@@ -68,13 +53,15 @@ from looped_icl import theory
 from looped_icl.reproduce import chen_figures
 from looped_icl.reproduce import common
 
-RATIOS = (1.5, 2.0, 4.0, 8.0)          # n / d in experiments 1-2
+RATIOS = (1.5, 2.0, 4.0, 8.0)          # n / d in experiments 1-2 and 5's sweep
 KAPPAS_SIGMA = (1.0, 10.0, 100.0)      # experiment 3
 NOISES = (0.0, 0.1, 0.5)               # experiment 4
 D_MAIN, D_STRESS, N_STRESS, NOISE_RATIO = 10, 5, 20, 4.0
 EPSILON = 1e-3                         # relative error target for the loops-to-eps counts
 QUANTILES = (0.1, 0.5, 0.9)
 NORMS = theory.DISTANCE_NORMS          # distances to w_hat (the bound's norms)
+PAPER_D, PAPER_NS = 4, (6, 8, 16, 32, 64)   # experiment 5: the paper's d = 4 (our n values)
+RATE_S = 10.0                          # exponents measured at T = min(T_max, ceil(RATE_S kappa))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,13 +72,16 @@ class Sizes:
   max_loops: int           # T_max of experiments 1, 2 and 4
   stress_transformer: int  # transformer tasks per kappa_Sigma in experiment 3
   stress_loops: int        # their T_max
+  paper_tasks: int         # tasks per setting of experiment 5 (all through the transformer)
+  paper_loops: int         # its T_max
+  sweep_ds: tuple[int, ...]  # d of its n/d sweep
   num_s: int = 41          # grid of s = T / kappa in experiment 3
 
 
 QUICK = Sizes(num_tasks=2000, num_transformer=32, max_loops=100, stress_transformer=16,
-              stress_loops=200)
+              stress_loops=200, paper_tasks=200, paper_loops=60, sweep_ds=(8,))
 FULL = Sizes(num_tasks=10_000, num_transformer=500, max_loops=300, stress_transformer=200,
-             stress_loops=1000)
+             stress_loops=1000, paper_tasks=1000, paper_loops=200, sweep_ds=(8, 16))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +126,12 @@ def stress_settings() -> list[Setting]:
           for i, k in enumerate(KAPPAS_SIGMA)]
 
 
+def paper_settings(sizes: Sizes) -> list[tuple[str, int, int]]:
+  """Experiment 5's (group, d, n): the paper's d = 4, then the n/d sweep (RATIOS)."""
+  return [("paper", PAPER_D, n) for n in PAPER_NS] + [
+      ("sweep", d, int(round(r * d))) for d in sizes.sweep_ds for r in RATIOS]
+
+
 def noise_settings() -> list[Setting]:
   """The same seed for every sigma: identical X and w*, only the label noise differs."""
   n = int(round(NOISE_RATIO * D_MAIN))
@@ -143,7 +139,7 @@ def noise_settings() -> list[Setting]:
 
 
 # ------------------------------------------------------------------------------------------------
-# The four experiments (the math: :mod:`looped_icl.theory.chen_closed_form`).
+# The experiments (the math: :mod:`looped_icl.theory`, :mod:`looped_icl.chen_construction`).
 # ------------------------------------------------------------------------------------------------
 
 
@@ -353,12 +349,44 @@ def _noise(ctx: common.Context, sizes: Sizes) -> dict:
   }
 
 
+def _paper_statements(ctx: common.Context, sizes: Sizes) -> dict:
+  """Experiment 5: Lemma 4.1 and Theorem 4.5 as the paper states them, on its construction."""
+  readings = theory.THEOREM_4_5_READINGS
+  loops = np.arange(1, sizes.paper_loops + 1)
+  rows, curve_rows = [], []
+  for i, (group, d, n) in enumerate(paper_settings(sizes)):
+    gen = chen_construction.sample_tasks(40 + i, sizes.paper_tasks, d, n)
+    ev = theory.theorem_4_5_evaluate(gen, sizes.paper_loops, lemma_seed=60 + i)
+    rows.append({"group": group, "d": d, "n": n, "n_over_d": n / d,
+                 **theory.theorem_4_5_summary(ev, RATE_S)})
+    if group == "paper":
+      rel = {r: err / scale[:, None] for r, (err, scale) in ev.errors.items()}
+      bound = np.exp(-loops / (2 * rows[-1]["kappa_median"]))
+      for t_idx, t in enumerate(loops):
+        curve_rows.append({"n": n, "T": int(t), "bound_over_scale_median_kappa": bound[t_idx],
+                           **{f"{r}_err_over_scale_median": float(np.median(rel[r][:, t_idx]))
+                              for r in readings},
+                           "corrected_err_over_scale_q90": float(np.quantile(
+                               rel["corrected"][:, t_idx], 0.9))})
+  common.write_csv(ctx, "chen_theorem_4_5.csv", rows)
+  common.write_csv(ctx, "chen_theorem_4_5_vs_T.csv", curve_rows)
+  chen_figures.theorem_4_5(ctx, curve_rows, rows, PAPER_D)
+  out = theory.theorem_4_5_totals(rows)
+  out["theorem_4_5"].update(step="eta(t) = 1 / lambda_max(X^T X)", smallest_counterexample={
+      r: theory.theorem_4_5_counterexample(r) for r in readings[:2]})
+  return out
+
+
 def run(ctx: common.Context) -> dict:
-  """All four experiments (float64); returns the headline numbers."""
+  """All five experiments (float64); returns the headline numbers."""
   sizes = QUICK if ctx.quick else FULL
   with jax.enable_x64(True):
     results = {"paper_bound": "|alpha| exp(-T / (2 kappa))", "epsilon": EPSILON,
                "sizes": dataclasses.asdict(sizes)}
+    results.update(_paper_statements(ctx, sizes))
+    results["regression_side_reading"] = (
+        "experiments 1-4 below (violations_total): GD on w in the label row, alpha := ||w_hat|| "
+        "(S-norm and Euclidean); holds by algebra, (1 - 1/kappa)^T <= exp(-T / kappa)")
     results.update(_bound_vs_loops(ctx, sizes))
     results.update(_kappa_stress(ctx, sizes))
     results.update(_noise(ctx, sizes))

@@ -1,5 +1,6 @@
 """The figures of the ``chen_bound`` reproduction: the panels of each PNG, from the curves its
-experiments collect (:mod:`looped_icl.reproduce.chen_bound`)."""
+experiments collect (:mod:`looped_icl.reproduce.chen_bound`); :func:`theorem_4_5` draws the paper's
+construction, the others the regression-side reading."""
 
 from __future__ import annotations
 
@@ -77,4 +78,38 @@ def noise(ctx: common.Context, panels: dict[str, list[common.Series]], floors: d
       suptitle=f"Label noise, n/d={n_over_d:g}, d={d}")
 
 
-__all__ = ["spread", "bound_vs_loops", "kappa_stress", "noise"]
+def theorem_4_5(ctx: common.Context, curve_rows: list[dict], rows: list[dict], d: int) -> str:
+  """chen_theorem_4_5.png: Theorem 4.5 as stated and corrected vs T (each n at the paper's d),
+  and the observed decay exponent per unit T / kappa vs n/d (every setting)."""
+  stated, corrected, rates = [], [], []
+  for i, n in enumerate(sorted({r["n"] for r in curve_rows})):
+    mine = [r for r in curve_rows if r["n"] == n]
+    loops, color = [r["T"] for r in mine], f"C{i}"
+    column = lambda key: [r[key] for r in mine]  # pylint: disable=cell-var-from-loop
+    bound = common.Series(f"n={n} bound", loops, column("bound_over_scale_median_kappa"),
+                          color + "--")
+    stated += [common.Series(f"n={n}", loops, column("as_stated_err_over_scale_median"),
+                             color + "-"), bound]
+    corrected += [common.Series(f"n={n} median", loops, column("corrected_err_over_scale_median"),
+                                color + "-"),
+                  common.Series(f"n={n} 90%", loops, column("corrected_err_over_scale_q90"),
+                                color + ":"), bound]
+  for i, dim in enumerate(sorted({r["d"] for r in rows})):
+    mine = [r for r in rows if r["d"] == dim]
+    ratios = [r["n_over_d"] for r in mine]
+    rates += [common.Series(f"d={dim} median", ratios, [r["rate_per_kappa_median"] for r in mine],
+                            f"C{i}o-"),
+              common.Series(f"d={dim} min", ratios, [r["rate_per_kappa_min"] for r in mine],
+                            f"C{i}s:")]
+  return common.line_figure(ctx, "chen_theorem_4_5.png", [
+      common.Panel(stated, "loops T", "median |<q(T), theta*> - alpha| / |alpha|", logy=True,
+                   title="as stated: fails for every T >= 1 (bounds dashed)"),
+      common.Panel(corrected, "loops T", "error / (|alpha| ||theta*||^2)", logy=True,
+                   title="corrected (ours): |<-q(T), theta*> - alpha ||theta*||^2|"),
+      common.Panel(rates, "n / d", "-ln(err / scale) / (T / kappa)", logx=True,
+                   title="decay exponent per unit T / kappa",
+                   hlines={"bound's 1/2": 0.5, "(1 - 1/kappa)^T: 1": 1.0})],
+      suptitle=f"Chen et al. Lemma 4.1 / Theorem 4.5 on their construction, d={d}")
+
+
+__all__ = ["spread", "bound_vs_loops", "kappa_stress", "noise", "theorem_4_5"]
