@@ -29,7 +29,6 @@ JAX computes in :func:`looped_icl.linalg.float_dtype`: call under ``jax.enable_x
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import jax

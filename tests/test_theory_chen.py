@@ -175,7 +175,8 @@ def test_theorem_4_5_errors_from_an_explicit_gd_loop():
 
 def test_theorem_4_5_as_stated_fails_for_every_task_and_loop():
   """<q(T), theta*> = -alpha theta*^T (I - (I - eta A)^T) theta*, a positive-definite form times
-  -alpha: the error exceeds |alpha| >= the bound at every T >= 1 (ours; docs/chen_2024_statements)."""
+  -alpha: the error exceeds |alpha| >= the bound at every T >= 1 (ours; see
+  docs/chen_2024_statements.md)."""
   gen = chen_construction.sample_tasks(3, 300, 4, 8)
   q = chen_construction.generated_vectors(gen, 40)
   inner = np.einsum("btd,bd->bt", q, gen.theta)

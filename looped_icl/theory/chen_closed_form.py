@@ -297,10 +297,10 @@ def generation_closed_form(tasks: chen_construction.GenerationTasks, loops) -> n
 class Theorem45Evaluation(NamedTuple):
   """One setting of generation tasks evaluated by :func:`theorem_4_5_evaluate`.
 
-  kappa: (B,) cond(X^T X); errors: per reading (:data:`~looped_icl.theory.chen.
-  THEOREM_4_5_READINGS`), (error (B, T), scale (B,)) for T = 1..T_max; checks: per reading, the
-  :class:`~looped_icl.theory.chen.ChenCheck`; lemma_4_1: (max |Attn(Z(0)) - Lemma 4.1|, max |entry|);
-  agreement: max |q_transformer - q_closed_form| / (|alpha| ||theta_hat||) over tasks and T.
+  kappa: (B,) cond(X^T X); errors: per reading (``THEOREM_4_5_READINGS``), (error (B, T), scale
+  (B,)) for T = 1..T_max; checks: per reading, the :class:`~looped_icl.theory.chen.ChenCheck`;
+  lemma_4_1: (max |Attn(Z(0)) - Lemma 4.1|, max |entry|); agreement: max |q_transformer -
+  q_closed_form| / ||q*|| (||q*|| = |alpha| ||theta_hat||) over tasks and T.
   """
   kappa: np.ndarray
   errors: dict[str, tuple[np.ndarray, np.ndarray]]
