@@ -103,7 +103,7 @@ def theorem_4_5(ctx: common.Context, curve_rows: list[dict], rows: list[dict], d
                             f"C{i}s:")]
   return common.line_figure(ctx, "chen_theorem_4_5.png", [
       common.Panel(stated, "loops T", "median |<q(T), theta*> - alpha| / |alpha|", logy=True,
-                   title="as stated: fails for every T >= 1 (bounds dashed)"),
+                   title="as transcribed: fails for every T >= 1 (bounds dashed)"),
       common.Panel(corrected, "loops T", "error / (|alpha| ||theta*||^2)", logy=True,
                    title="corrected (ours): |<-q(T), theta*> - alpha ||theta*||^2|"),
       common.Panel(rates, "n / d", "-ln(err / scale) / (T / kappa)", logx=True,
