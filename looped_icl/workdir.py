@@ -17,7 +17,6 @@ process of a multi-host run writes.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fcntl
 import glob
 import json
@@ -36,6 +35,7 @@ from tensorboardX.proto import summary_pb2
 
 from looped_icl import checkpointing
 from looped_icl import config_lib
+from looped_icl import fields
 from looped_icl import sharding
 from looped_icl import train_step
 
@@ -63,47 +63,40 @@ def write_config(config: ml_collections.ConfigDict, workdir: str,
   return exp
 
 
-def _flat(tree, prefix: str = "") -> dict:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flat(value, f"{prefix}{key}."))
-    else:
-      out[f"{prefix}{key}"] = value
-  return out
-
-
-def config_changes(workdir: str, config: ml_collections.ConfigDict) -> dict[str, tuple]:
-  """{dotted field: (recorded, requested)} where ``config`` differs from ``workdir/config.json``
-  ({} if they agree or there is no record)."""
+def record_changes(workdir: str, exp: config_lib.Experiment) -> dict[str, tuple] | None:
+  """{dotted field: (recorded, requested)} of the config fields in which ``exp`` differs from the
+  run recorded in ``workdir/config.json``; None if there is no record."""
   path = os.path.join(workdir, CONFIG)
   if not os.path.exists(path):
-    return {}
+    return None
   with open(path) as f:
-    recorded = _flat(json.load(f))
-  requested = _flat(json.loads(_config_json(config)))
-  return {k: (recorded.get(k), requested.get(k)) for k in sorted(set(recorded) | set(requested))
-          if recorded.get(k) != requested.get(k)}
+    recorded = config_lib.from_config(ml_collections.ConfigDict(json.load(f))).sections()
+  changes = {}
+  for name, section in exp.sections().items():
+    for f in fields.config_fields(type(section)):
+      old, new = getattr(recorded[name], f.name), getattr(section, f.name)
+      if old != new:
+        changes[f"{name}.{f.name}" if name else f.name] = (old, new)
+  return changes
+
+
+def _refuse(workdir: str, changes: dict[str, tuple]) -> None:
+  """Raises unless ``changes`` is empty or only a longer ``train.steps`` (checked by the caller)."""
+  others = {k: v for k, v in changes.items() if k != "train.steps"}
+  if others:
+    listed = "; ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in others.items())
+    raise ValueError(f"workdir {workdir} holds a run of another config ({listed}); use a new "
+                     f"--workdir for the new config")
 
 
 def matches_record(workdir: str, exp: config_lib.Experiment) -> bool:
   """Whether ``workdir/config.json`` records ``exp``'s run (equal in every field but a longer
-  ``train.steps``): True; False if there is no record; ValueError naming the first differing
-  field if it records another run."""
-  path = os.path.join(workdir, CONFIG)
-  if not os.path.exists(path):
+  ``train.steps``): True; False if there is no record; ValueError naming every differing field
+  if it records another run."""
+  changes = record_changes(workdir, exp)
+  if changes is None:
     return False
-  with open(path) as f:
-    recorded = config_lib.from_config(ml_collections.ConfigDict(json.load(f))).sections()
-  for name, section in exp.sections().items():
-    if name == "train":
-      section = dataclasses.replace(section, steps=recorded[name].steps)
-    if section != recorded[name]:
-      field = next(f.name for f in dataclasses.fields(section)
-                   if getattr(section, f.name) != getattr(recorded[name], f.name))
-      raise ValueError(f"workdir {workdir} holds a run of another config ({name}.{field} "
-                       f"{getattr(recorded[name], field)!r} -> {getattr(section, field)!r}); use "
-                       f"a new --workdir for the new config")
+  _refuse(workdir, changes)
   return True
 
 
@@ -118,14 +111,10 @@ def start(config: ml_collections.ConfigDict, workdir: str) -> config_lib.Experim
   barrier, that it joins that same run.
   """
   exp = config_lib.from_config(config)
-  changes = config_changes(workdir, config)
-  if changes:
-    steps = changes.pop("train.steps", None)
-    if changes:
-      listed = "; ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items())
-      raise ValueError(f"workdir {workdir} holds a run of another config ({listed}); use a new "
-                       f"--workdir for the new config")
-    old, new = steps
+  changes = record_changes(workdir, exp) or {}
+  _refuse(workdir, changes)
+  if "train.steps" in changes:
+    old, new = changes["train.steps"]
     if new < old:
       raise ValueError(f"workdir {workdir} holds a run of train.steps={old}; it cannot be "
                        f"shortened to {new} (use a new --workdir)")
