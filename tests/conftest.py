@@ -29,3 +29,18 @@ def x64():
   jax.config.update("jax_enable_x64", True)
   yield
   jax.config.update("jax_enable_x64", previous)
+
+
+# The longest modules (minutes of one worker each, measured on a clean clone) start first, so
+# neither xdist worker is left alone with one of them at the end (--dist=loadscope hands out
+# whole modules in collection order).
+_LONGEST_FIRST = ("test_reproduce_gatmiry.py", "test_reproduce_ahn_curves.py",
+                  "test_reproduce_ahn.py", "test_notebook.py", "test_reproduce_ood_symmetry.py",
+                  "test_multihost.py", "test_sharding.py", "test_install.py",
+                  "test_reproduce_chen.py", "test_configs.py", "test_sweep.py", "test_train.py",
+                  "test_workdir.py", "test_solver.py", "test_reproduce_common.py")
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))   # stable: order kept within
