@@ -22,6 +22,7 @@ EXPERIMENTS = {
     "gatmiry_loops": "gatmiry_loops",
     "gatmiry_gradient_dominance": "gatmiry_gradient_dominance",
     "gatmiry_ood": "gatmiry_ood",
+    "gatmiry_minimizer": "gatmiry_minimizer",
     "chen_bound": "chen_bound",
     "symmetry": "symmetry",
 }
