@@ -62,7 +62,7 @@ CONFIG = "gatmiry_looped"
 LOOPS, QUICK_LOOPS = (1, 2, 3), (1, 2)
 NS, QUICK_NS = (10, 20, 40, 80, 320, 2000, 10**4, 10**5, 10**6), (20, 10**4, 10**6)
 FIT_SAMPLES, QUICK_FIT_SAMPLES = 20000, 4000
-RESTARTS, QUICK_RESTARTS = 3, 1
+RESTARTS, QUICK_RESTARTS = 3, 0   # quick: the start at a* Sigma^-1 only
 # (b): loops, n, random A's per (L, n), fixed samples of S.
 DOMINANCE = ((2, 20), (2, 80), (3, 20), (3, 80))
 QUICK_DOMINANCE = ((2, 20),)
