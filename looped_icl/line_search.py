@@ -152,10 +152,10 @@ def best_gd_eta(task: tasks_lib.TaskDistribution, steps: int, s_SxDxD: jax.Array
     a_DxD = np.asarray(preconditioner, np.float64)
     asymmetry = np.linalg.norm(a_DxD - a_DxD.T) / max(np.linalg.norm(a_DxD), 1e-300)
     a_DxD = (a_DxD + a_DxD.T) / 2
-    if asymmetry > 1e-5 or np.linalg.eigvalsh(a_DxD)[0] <= 0:
+    smallest = np.linalg.eigvalsh(a_DxD)[0]
+    if asymmetry > 1e-5 or smallest <= 0:
       raise ValueError("preconditioner must be symmetric positive definite, got relative "
-                       f"asymmetry {asymmetry:.3g} and smallest eigenvalue "
-                       f"{np.linalg.eigvalsh(a_DxD)[0]:.3g}")
+                       f"asymmetry {asymmetry:.3g} and smallest eigenvalue {smallest:.3g}")
   if eta_bounds is None:
     scale = float(np.linalg.norm(a_DxD.T @ s_mean, ord=2))
     if not np.isfinite(scale) or scale <= 0:

@@ -9,24 +9,22 @@ subprocesses the tests start (CLI runs, the notebook's kernel, the install test'
 import os
 import pathlib
 
-import jax
-import pytest
-
 CACHE = str(pathlib.Path(__file__).resolve().parents[1] / ".pytest_cache" / "jax")
+# JAX reads these when it is imported, here and in the subprocesses (they inherit the environment).
+os.environ["JAX_COMPILATION_CACHE_DIR"] = CACHE
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.1"
 # The suite compiles ~900 distinct XLA programs and runs most of them once, so compilation is
 # most of its CPU time; LLVM at -O1 instead of -O2 compiles them ~25% faster. It changes no
 # number: LLVM keeps IEEE semantics at every level (XLA's fast math is off), and the golden
-# tests (test_train_step.py, recorded at the default level) stay bit-equal. Set before JAX
-# starts its CPU backend (lazily, at the first computation); the tests' subprocesses inherit it.
+# tests (test_train_step.py, recorded at the default level) stay bit-equal.
 os.environ["XLA_FLAGS"] = " ".join(
     filter(None, [os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=1"]))
+
+import jax  # noqa: E402  (after the environment it reads)
+import pytest  # noqa: E402
+
+assert jax.config.jax_compilation_cache_dir == CACHE, "JAX was imported before tests/conftest.py"
 jax.config.update("jax_numpy_rank_promotion", "raise")
-jax.config.update("jax_compilation_cache_dir", CACHE)
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
-# The CLI runs the tests start (subprocesses) read the same cache: JAX takes its flags from the
-# environment too.
-os.environ["JAX_COMPILATION_CACHE_DIR"] = CACHE
-os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.1"
 
 
 @pytest.fixture
@@ -44,8 +42,9 @@ def x64():
 _LONGEST_FIRST = ("test_reproduce_gatmiry.py", "test_reproduce_ahn_curves.py",
                   "test_reproduce_ahn.py", "test_notebook.py", "test_reproduce_ood_symmetry.py",
                   "test_multihost.py", "test_sharding.py", "test_install.py",
-                  "test_reproduce_chen.py", "test_configs.py", "test_sweep.py", "test_train.py",
-                  "test_workdir.py", "test_solver.py", "test_reproduce_common.py")
+                  "test_reproduce_chen.py", "test_reproduce_gatmiry_minimizer.py",
+                  "test_configs.py", "test_sweep.py", "test_train.py", "test_workdir.py",
+                  "test_solver.py", "test_reproduce_common.py")
 
 
 def pytest_collection_modifyitems(items):

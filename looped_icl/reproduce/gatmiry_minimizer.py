@@ -83,11 +83,16 @@ def n_for_bound_below_one(num_loops: int, d: int) -> float:
   return float(8.0 ** (4 * num_loops + 2) * num_loops**2 * d**4)
 
 
-def sandwich_c(a_DxD, cov) -> float:
-  """The smallest c with (1 - c) Sigma^-1 <= A <= (1 + c) Sigma^-1 (on x^T A x)."""
-  root = np.asarray(theory.whiten_preconditioner(jnp.asarray(a_DxD), jnp.asarray(cov)),
+def _whitened(a_DxD, cov) -> np.ndarray:
+  return np.asarray(theory.whiten_preconditioner(jnp.asarray(a_DxD), jnp.asarray(cov)),
                     np.float64)
-  return float(np.max(np.abs(np.linalg.eigvalsh((root + root.T) / 2) - 1.0)))
+
+
+def _sandwich_c(whitened_DxD) -> float:
+  """The smallest c with (1 - c) Sigma^-1 <= A <= (1 + c) Sigma^-1 (on x^T A x), from the
+  whitened Sigma^1/2 A Sigma^1/2: the largest |eigenvalue - 1| of its symmetric part."""
+  sym = (whitened_DxD + whitened_DxD.T) / 2
+  return float(np.max(np.abs(np.linalg.eigvalsh(sym) - 1.0)))
 
 
 def _task(cov, n: int) -> tasks_lib.TaskDistribution:
@@ -126,8 +131,9 @@ def theorem_3_2_rows(cov, loops, ns, num_samples: int, restarts: int, key) -> li
         a_opt, _, _, scale = _optimum(task, num_loops, samples, restarts, seed=rep)
         fits.append(a_opt)
         iso.append(abs(scale - 1.0))
-      cs = [sandwich_c(a, cov) for a in fits]
-      white = np.asarray(theory.whiten_preconditioner(jnp.asarray(fits[0]), jnp.asarray(cov)))
+      whitened = [_whitened(a, cov) for a in fits]
+      cs = [_sandwich_c(w) for w in whitened]
+      white = whitened[0]
       rows.append({
           "L": num_loops, "n": n, "d": d,
           "measured_c": float(np.mean(cs)), "measured_c_stderr": abs(cs[0] - cs[1]) / 2,
@@ -163,11 +169,10 @@ def dominance_rows(d: int, num_loops: int, n: int, num_samples: int, num_points:
   """Random A off the isotropic ray at Sigma = I (see the module doc); (points, summary)."""
   task = _task(np.eye(d), n)
   samples = estimators.sample(key, task, num_samples, estimators.default_proposal(task))
-  _, f_star, cfg, _ = _optimum(task, num_loops, samples, restarts, seed=0)
+  _, f_star, cfg, a_star = _optimum(task, num_loops, samples, restarts, seed=0)   # Sigma^-1 = I
   value_and_grad = jax.jit(jax.value_and_grad(
       lambda a: losses.population_loss({"a": a}, cfg, task, samples)))
   f0 = float(value_and_grad(jnp.zeros((d, d)))[0])
-  a_star, _ = baselines.best_gd_eta(task, num_loops, samples)
   p = theory.gradient_dominance_exponent(num_loops)
   rng = np.random.default_rng(n * 100 + num_loops)
   points, tries = [], 0
