@@ -32,6 +32,7 @@ from jax.flatten_util import ravel_pytree
 
 from looped_icl import config_lib
 from looped_icl import estimators
+from looped_icl import linalg
 from looped_icl import losses
 from looped_icl import models
 from looped_icl import tasks as tasks_lib
@@ -79,6 +80,21 @@ def _constrain(params: dict, constraint: str) -> dict:
   return out
 
 
+@functools.lru_cache(maxsize=None)
+def _objective(model: models.ModelConfig, constraint: str, dtype: str):
+  """(jitted value_and_grad(flat, task, samples), unravel) of the population loss over the flat
+  free parameters: one program per (model, constraint, task law, sample shape), shared by every
+  fit and restart (the samples are an argument, not constants baked into a fresh closure: a
+  solve compiled its objective once per fit before). ``dtype``, the default float dtype, is part
+  of the key: ``unravel`` casts to the template's dtype."""
+  _, unravel = ravel_pytree(_restart_params(jax.random.key(0), model, np.eye(model.d)))
+
+  def loss(flat, task, samples):
+    return losses.population_loss(_constrain(unravel(flat), constraint), model, task, samples)
+
+  return jax.jit(jax.value_and_grad(loss)), unravel
+
+
 def minimize_population_loss(model: models.ModelConfig, task: tasks_lib.TaskDistribution,
                              s_fit_SxDxD, *, restarts: int = 4, max_iters: int = 500,
                              restart_seed: int = 0, constraint: str = "general",
@@ -97,14 +113,10 @@ def minimize_population_loss(model: models.ModelConfig, task: tasks_lib.TaskDist
     (``runs[r].x`` is restart r's free parameters, ``runs[r].params`` its constrained params).
   """
   validation.choice("constraint", constraint, CONSTRAINTS)
-  template = _restart_params(jax.random.key(0), model, task.cov)
-  _, unravel = ravel_pytree(template)
-  value_and_grad = jax.jit(jax.value_and_grad(
-      lambda flat: losses.population_loss(_constrain(unravel(flat), constraint), model, task,
-                                          s_fit_SxDxD)))
+  value_and_grad, unravel = _objective(model, constraint, str(linalg.float_dtype()))
 
   def fun(flat):
-    value, grad = value_and_grad(jnp.asarray(flat))
+    value, grad = value_and_grad(jnp.asarray(flat), task, s_fit_SxDxD)
     return float(value), np.asarray(grad, np.float64)
 
   runs = []

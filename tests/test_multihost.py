@@ -26,7 +26,8 @@ def _free_port() -> int:
 
 def _train(path, devices, extra=()):
   env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+             XLA_FLAGS=os.environ.get("XLA_FLAGS", "")
+             + f" --xla_force_host_platform_device_count={devices}")
   return subprocess.Popen([sys.executable, "-m", "looped_icl.cli", "train", *ARGS,
                            f"--workdir={path}", *extra], env=env, stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True)

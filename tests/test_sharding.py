@@ -68,7 +68,9 @@ WORKER = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+  # conftest's XLA flags (the compile-time ones) are kept; the device count is added.
+  env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "")
+             + " --xla_force_host_platform_device_count=4",
              JAX_PLATFORMS="cpu")
   proc = subprocess.run([sys.executable, "-c", WORKER, str(tmp_path_factory.mktemp("shard"))],
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
