@@ -9,6 +9,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from looped_icl import compile_cache
 from looped_icl import config_lib
 from looped_icl import sharding
 from looped_icl import train
@@ -63,8 +64,16 @@ def run(main, argv: list[str], doc: str, *, config_file_flag: bool = False) -> N
     argv = [_resolve_config_flag(a) for a in argv]
   sys.argv[:] = argv
   sys.modules["__main__"].__doc__ = doc
+  if "compile_cache_dir" not in flags.FLAGS:
+    flags.DEFINE_string("compile_cache_dir", compile_cache.AUTO,
+                        f"JAX's persistent compilation cache: '{compile_cache.AUTO}' (JAX's own "
+                        f"setting if made, else {compile_cache.default_dir()}), "
+                        f"'{compile_cache.NONE}' (off) or a directory.")
+
   def quiet_main(args):
     logging.get_absl_handler().addFilter(_QuietLibraries())
+    cache = compile_cache.configure(flags.FLAGS.compile_cache_dir)
+    logging.info("compilation cache: %s", cache or "off")
     return main(args)
 
   app.run(quiet_main, argv=argv, flags_parser=_flags_parser)
