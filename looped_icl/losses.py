@@ -28,6 +28,9 @@ from looped_icl import population_forward
 from looped_icl import tasks as tasks_lib
 
 POPULATION_FAMILIES = ("preconditioner", "gdpp", "fixed")
+# Samples of S per block of the population loss (:func:`population_loss_samples`): the fastest
+# of 512-4096 for value and gradient at 20k samples in float64 (BUILD_NOTES.md, Suite time).
+BLOCK = 4096
 
 
 def mc_loss(params, cfg: models.ModelConfig, batch, *, forward: str = "gram",
@@ -98,16 +101,29 @@ def population_loss_samples(params, cfg: models.ModelConfig, task: tasks_lib.Tas
   s_SxDxD = _samples_of_s(samples)
   chex.assert_shape(s_SxDxD, (None, cfg.d, cfg.d))
   a_LxDxD, b_LxDxD, eta_L = _family_weights(params, cfg, num_loops, eta)
-  s_DxDxS = linalg.to_bl(s_SxDxD)
-  if b_LxDxD is None:   # one A per layer, shared by every sample: (L, d, d, 1)
-    a_layers = a_LxDxD[..., None]
-  else:                 # GD++: per-sample preconditioners, (L, d, d, S)
-    a_layers = _gdpp_preconditioners_bl(a_LxDxD, b_LxDxD, eta_L, s_DxDxS)
-  k_LxDxDxB = eta_L[:, None, None, None] * jnp.swapaxes(a_layers, 1, 2)   # K_l = eta_l A_l^T
-  noise_var = jnp.asarray(task.noise_std, s_DxDxS.dtype)**2
-  losses_LxS = population_forward.population_losses(k_LxDxDxB, s_DxDxS, task.cov,
-                                                    task.weight_cov, noise_var, task.n)
-  return losses_LxS.T
+  noise_var = jnp.asarray(task.noise_std, s_SxDxD.dtype)**2
+  weight_cov = task.weight_cov
+
+  def losses_of(s_DxDxS):
+    if b_LxDxD is None:   # one A per layer, shared by every sample: (L, d, d, 1)
+      a_layers = a_LxDxD[..., None]
+    else:                 # GD++: per-sample preconditioners, (L, d, d, S)
+      a_layers = _gdpp_preconditioners_bl(a_LxDxD, b_LxDxD, eta_L, s_DxDxS)
+    k_LxDxDxB = eta_L[:, None, None, None] * jnp.swapaxes(a_layers, 1, 2)  # K_l = eta_l A_l^T
+    return population_forward.population_losses(k_LxDxDxB, s_DxDxS, task.cov, weight_cov,
+                                                noise_var, task.n)
+
+  num = s_SxDxD.shape[0]
+  if num <= BLOCK:
+    return losses_of(linalg.to_bl(s_SxDxD)).T
+  # Blocks of BLOCK samples, one after another: the recursion's (d, d, S) intermediates stay in
+  # cache (20k samples at once were 2.5x slower per sample). Each sample's value is the same
+  # arithmetic either way; only sums over samples (gradients of shared weights) regroup.
+  blocks = -(-num // BLOCK)
+  s_KxSxDxD = jnp.pad(s_SxDxD, ((0, blocks * BLOCK - num), (0, 0), (0, 0))).reshape(
+      blocks, BLOCK, cfg.d, cfg.d)
+  losses_KxLxS = jax.lax.map(lambda s: losses_of(linalg.to_bl(s)), s_KxSxDxD)
+  return jnp.moveaxis(losses_KxLxS, 1, 0).reshape(-1, blocks * BLOCK)[:, :num].T
 
 
 def population_loss(params, cfg: models.ModelConfig, task: tasks_lib.TaskDistribution,

@@ -419,3 +419,27 @@ def test_last_layer_loss_samples_is_the_last_column(x64, family):
   got = losses.last_layer_loss_samples(params, cfg, task, s, num_loops=3)
   assert got.shape == (64,)
   np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+@pytest.mark.parametrize("family", ["preconditioner", "gdpp"])
+def test_blocked_samples_equal_one_pass(x64, family, monkeypatch):
+  """Above ``losses.BLOCK`` samples the loss runs block by block (the last block padded): every
+  sample's value and the gradient of the mean equal the one-pass computation (float64 rounding:
+  only the order of the sums over samples changes)."""
+  cfg, params = _model(family, "layered", 3, seed=6)
+  task = tasks.make_task(COV, N_CTX, noise_std=NOISE_STD)
+  s = _sample_s(jax.random.key(7), task, 150)
+
+  def value_and_grad(block):
+    monkeypatch.setattr(losses, "BLOCK", block)   # read when traced: a fresh jit per block size
+    per_sample = lambda p: losses.population_loss_samples(p, cfg, task, s)
+    return (jax.jit(jax.value_and_grad(lambda p: jnp.mean(per_sample(p))))(params),
+            jax.jit(per_sample)(params))
+
+  (value, grads), per_sample = value_and_grad(10**6)        # one pass
+  (b_value, b_grads), b_per_sample = value_and_grad(64)     # 3 blocks, 42 padded samples
+  assert per_sample.shape == b_per_sample.shape == (150, 3)
+  np.testing.assert_allclose(b_per_sample, per_sample, rtol=1e-13)
+  np.testing.assert_allclose(b_value, value, rtol=1e-13)
+  for name in grads:
+    np.testing.assert_allclose(b_grads[name], grads[name], rtol=1e-11, atol=1e-15)
