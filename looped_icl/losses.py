@@ -95,7 +95,8 @@ def population_loss_samples(params, cfg: models.ModelConfig, task: tasks_lib.Tas
   ``samples``: S, (S, d, d), or :class:`~looped_icl.estimators.WeightedS` (its ``s``). The
   population loss is the mean of weight * value (:func:`looped_icl.estimators.estimate` gives it
   with its standard error and tail diagnostics). Computed batch-last ((d, d, S); see
-  :mod:`linalg`) with a hand-written reverse mode (:mod:`looped_icl.population_forward`).
+  :mod:`linalg`) with a hand-written reverse mode (:mod:`looped_icl.population_forward`), in
+  blocks of :data:`BLOCK` samples above that size.
   """
   tasks_lib.require_one_covariance(task, "the population loss")
   s_SxDxD = _samples_of_s(samples)
