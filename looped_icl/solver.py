@@ -95,6 +95,14 @@ def _objective(model: models.ModelConfig, constraint: str, dtype: str):
   return jax.jit(jax.value_and_grad(loss)), unravel
 
 
+def objective(model: models.ModelConfig, constraint: str = "general"):
+  """(value_and_grad(flat, task, samples), unravel): the population loss over the flat free
+  parameters of ``model`` under ``constraint`` and its gradient, compiled once per shape and
+  shared with :func:`minimize_population_loss` (call it under the same x64 setting)."""
+  validation.choice("constraint", constraint, CONSTRAINTS)
+  return _objective(model, constraint, str(linalg.float_dtype()))
+
+
 def minimize_population_loss(model: models.ModelConfig, task: tasks_lib.TaskDistribution,
                              s_fit_SxDxD, *, restarts: int = 4, max_iters: int = 500,
                              restart_seed: int = 0, constraint: str = "general",
@@ -112,8 +120,7 @@ def minimize_population_loss(model: models.ModelConfig, task: tasks_lib.TaskDist
     (params, runs): the best restart's (constrained) params and scipy's result of every restart
     (``runs[r].x`` is restart r's free parameters, ``runs[r].params`` its constrained params).
   """
-  validation.choice("constraint", constraint, CONSTRAINTS)
-  value_and_grad, unravel = _objective(model, constraint, str(linalg.float_dtype()))
+  value_and_grad, unravel = objective(model, constraint)
 
   def fun(flat):
     value, grad = value_and_grad(jnp.asarray(flat), task, s_fit_SxDxD)

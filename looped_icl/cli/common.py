@@ -19,6 +19,12 @@ EXIT_INVALID = 2
 EXIT_DIVERGED = 3
 EXIT_BUSY = 4
 
+_COMPILE_CACHE_DIR = flags.DEFINE_string(
+    "compile_cache_dir", compile_cache.AUTO,
+    f"JAX's persistent compilation cache: '{compile_cache.AUTO}' (JAX's own setting if made, "
+    "else $XDG_CACHE_HOME/looped_icl/jax, ~/.cache/looped_icl/jax without it), "
+    f"'{compile_cache.NONE}' (off) or a directory.")
+
 
 def _flags_parser(argv):
   """Parses flags; a bad flag or config override prints one line and exits 2."""
@@ -64,15 +70,9 @@ def run(main, argv: list[str], doc: str, *, config_file_flag: bool = False) -> N
     argv = [_resolve_config_flag(a) for a in argv]
   sys.argv[:] = argv
   sys.modules["__main__"].__doc__ = doc
-  if "compile_cache_dir" not in flags.FLAGS:
-    flags.DEFINE_string("compile_cache_dir", compile_cache.AUTO,
-                        f"JAX's persistent compilation cache: '{compile_cache.AUTO}' (JAX's own "
-                        f"setting if made, else {compile_cache.default_dir()}), "
-                        f"'{compile_cache.NONE}' (off) or a directory.")
-
   def quiet_main(args):
     logging.get_absl_handler().addFilter(_QuietLibraries())
-    cache = compile_cache.configure(flags.FLAGS.compile_cache_dir)
+    cache = compile_cache.configure(_COMPILE_CACHE_DIR.value)
     logging.info("compilation cache: %s", cache or "off")
     return main(args)
 

@@ -51,7 +51,6 @@ import numpy as np
 from looped_icl import baselines
 from looped_icl import config_lib
 from looped_icl import estimators
-from looped_icl import losses
 from looped_icl import models
 from looped_icl import solver
 from looped_icl import tasks as tasks_lib
@@ -170,8 +169,8 @@ def dominance_rows(d: int, num_loops: int, n: int, num_samples: int, num_points:
   task = _task(np.eye(d), n)
   samples = estimators.sample(key, task, num_samples, estimators.default_proposal(task))
   _, f_star, cfg, a_star = _optimum(task, num_loops, samples, restarts, seed=0)   # Sigma^-1 = I
-  value_and_grad = jax.jit(jax.value_and_grad(
-      lambda a: losses.population_loss({"a": a}, cfg, task, samples)))
+  objective, _ = solver.objective(cfg)          # the fit's own program: flat A = A.ravel()
+  value_and_grad = lambda a_DxD: objective(jnp.asarray(a_DxD).ravel(), task, samples)
   f0 = float(value_and_grad(jnp.zeros((d, d)))[0])
   p = theory.gradient_dominance_exponent(num_loops)
   rng = np.random.default_rng(n * 100 + num_loops)
