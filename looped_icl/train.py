@@ -292,16 +292,24 @@ def finish(exp: config_lib.Experiment, workdir: str, params, history: list[dict]
   return summary
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       evaluate: bool = True) -> dict | None:
   """Validates ``config``, trains into ``workdir`` and writes the summary and figures; returns
   the summary (that of the finished run, unchanged, if ``workdir`` already holds one of
-  ``config``: :func:`looped_icl.workdir.finished`)."""
+  ``config``: :func:`looped_icl.workdir.finished`).
+
+  ``evaluate=False`` trains only (the workdir contract, metrics and checkpoints, but no
+  summary.json or figures; returns None): for callers that evaluate the trained params their own
+  way. A rerun resumes from the last checkpoint, so a finished run does no work.
+  """
   exp = config_lib.from_config(config)
   with workdir_lib.lock(workdir):
-    if workdir_lib.finished(workdir, config):
+    if evaluate and workdir_lib.finished(workdir, config):
       logging.info("%s holds the finished run of this config; its summary is reused", workdir)
       return workdir_lib.read_json(workdir, workdir_lib.SUMMARY)
     workdir_lib.start(config, workdir)
     t0 = time.perf_counter()
     params, history = train(exp, workdir)
+    if not evaluate:
+      return None
     return finish(exp, workdir, params, history, time.perf_counter() - t0)

@@ -124,11 +124,6 @@ def sample_s(key: jax.Array, cov, ns: Sequence[int], num: int) -> jax.Array:
   return jnp.stack([_sample_s(jax.random.fold_in(key, n), chol_DxD, n, n_max, num) for n in ns])
 
 
-# Each point's own summary is not what the curves report (evaluate_sweep measures every family
-# on shared samples), so its run evaluates on small samples.
-POINT_EVAL_SAMPLES = 2000
-
-
 def train_points(ctx: common.Context, ns: Sequence[int], depths: Sequence[int]):
   """Trains the layered preconditioner model of each point (ns[k], depths[k]) with the trainer,
   in ``runs/n=N,L=L`` (the ahn_loss_curves config with task.n and model.num_layers set).
@@ -142,8 +137,8 @@ def train_points(ctx: common.Context, ns: Sequence[int], depths: Sequence[int]):
   for n, depth in zip(ns, depths):
     config = common.load_config("ahn_loss_curves", ctx)
     config.task.n, config.model.num_layers = n, depth
-    config.train.eval_tasks = config.train.eval_population_samples = POINT_EVAL_SAMPLES
-    _, history, params = common.train_run(ctx, f"n={n},L={depth}", config)
+    # No per-point evaluation: evaluate_sweep measures every family on shared samples of S.
+    _, history, params = common.train_run(ctx, f"n={n},L={depth}", config, evaluate=False)
     trained.append(np.asarray(params["a"], np.float64))
     histories.append(history)
   steps = [row["step"] for row in histories[0]]

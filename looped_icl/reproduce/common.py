@@ -46,10 +46,15 @@ def load_config(name: str, ctx: Context, arg: str = "") -> ml_collections.Config
   return config_lib.load(f"{name}:{','.join(args)}" if args else name)
 
 
-def train_run(ctx: Context, name: str, config: ml_collections.ConfigDict):
-  """Trains ``config`` in ``runs/NAME`` (reused if finished); returns (summary, history, params)."""
+def train_run(ctx: Context, name: str, config: ml_collections.ConfigDict, *,
+              evaluate: bool = True):
+  """Trains ``config`` in ``runs/NAME`` (reused if finished); returns (summary, history, params).
+
+  ``evaluate=False``: no final evaluation (summary None, no summary.json or figures), for
+  reproductions that only use the trained params and the training record.
+  """
   run_dir = ctx.run_dir(name)
-  summary = train.train_and_evaluate(config, run_dir)
+  summary = train.train_and_evaluate(config, run_dir, evaluate=evaluate)
   exp = config_lib.from_config(config)
   return summary, workdir.read_metrics(run_dir), workdir.load_trained_params(exp, run_dir)
 

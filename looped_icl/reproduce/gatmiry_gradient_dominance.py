@@ -45,8 +45,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -60,9 +58,7 @@ from looped_icl import models
 from looped_icl import solver
 from looped_icl import tasks as tasks_lib
 from looped_icl import theory
-from looped_icl import train
 from looped_icl import train_step
-from looped_icl import workdir
 from looped_icl.reproduce import common
 
 CONFIG = "gatmiry_looped"
@@ -109,19 +105,6 @@ def _config(ctx: common.Context, num_loops: int, n: int, *, finite: bool):
   config.train.log_every = log_every
   config.train.checkpoint_every = config.train.steps
   return config
-
-
-def _flow_run(ctx: common.Context, name: str, config) -> tuple[dict, list[dict]]:
-  """Trains ``config`` into runs/NAME with ``train.train``; returns (params, metrics rows).
-
-  Only the trajectory is needed, so the final evaluation (summary.json, figures) of
-  ``common.train_run`` is skipped: it would cost more than these short runs. A finished run with
-  the same config is reused (train.train resumes from its last checkpoint).
-  """
-  run_dir = ctx.run_dir(name)
-  if os.path.exists(run_dir) and not workdir.same_config(run_dir, config):
-    shutil.rmtree(run_dir)   # a run of another config: start again rather than mix the two
-  return train.train(workdir.write_config(config, run_dir), run_dir)
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
@@ -191,7 +174,8 @@ def _measure(ctx: common.Context, num_loops: int, n: int, *, finite: bool):
   name = f"L{num_loops}_n{n}" + ("_x64" if finite else "")
   config = _config(ctx, num_loops, n, finite=finite)
   with jax.enable_x64(finite):
-    params, history = _flow_run(ctx, name, config)
+    # Only the trajectory is needed: no final evaluation (it would cost more than these runs).
+    _, history, params = common.train_run(ctx, name, config, evaluate=False)
     exp = config_lib.from_config(config)
     optimum = _objective_optimum(exp, restarts=FINITE_N_RESTARTS if finite else 2,
                                  hessian=finite)
