@@ -79,35 +79,50 @@ def _max_share(values_B: jax.Array) -> jax.Array:
   return jnp.max(values_B) / jnp.maximum(jnp.sum(values_B), jnp.finfo(values_B.dtype).tiny)
 
 
-def make_objective(exp: config_lib.Experiment, layout: sharding.Layout | None = None):
-  """loss(params, key, hyper) -> (loss, max_share) for the configured objective, drawing its own
-  data from ``key``; max_share is the largest sample's share of the batch's loss.
-
-  The task law and eta come from ``hyper`` (traced); the rest of ``exp`` is static. With a
-  ``layout``, each step's batch is split over its mesh.
-  """
-  model, tc = exp.model, exp.train
+def make_data(exp: config_lib.Experiment, layout: sharding.Layout | None = None):
+  """draw(key, hyper) -> one step's batch: weighted samples of S (population objective) or
+  tasks (mc). With a ``layout``, the batch is split over its mesh."""
+  tc = exp.train
 
   def constrain(batch):
     return batch if layout is None else layout.constrain_batch(batch, tc.batch_size)
 
-  if tc.objective == "population":
-    def objective(params, key, hyper):
-      samples = constrain(population_samples(exp, key, hyper.task))
-      values_S = losses.population_loss_samples(params, model, hyper.task, samples,
+  def draw(key, hyper):
+    if tc.objective == "population":
+      return constrain(population_samples(exp, key, hyper.task))
+    if tc.forward == "gram":
+      return constrain(tasks_lib.sample_gram(key, hyper.task, tc.batch_size))
+    return constrain(tasks_lib.sample_tasks(key, hyper.task, tc.batch_size))
+
+  return draw
+
+
+def make_loss(exp: config_lib.Experiment):
+  """loss(params, batch, hyper) -> (loss, max_share) of the configured objective on a batch of
+  :func:`make_data`; max_share is the largest sample's share of the batch's loss."""
+  model, tc = exp.model, exp.train
+
+  def loss(params, batch, hyper):
+    if tc.objective == "population":
+      values_S = losses.population_loss_samples(params, model, hyper.task, batch,
                                                 eta=hyper.eta)[:, -1]
-      weighted_S = samples.weight * values_S
+      weighted_S = batch.weight * values_S
       return jnp.mean(weighted_S), _max_share(weighted_S)
-  else:
-    def objective(params, key, hyper):
-      if tc.forward == "gram":
-        batch = constrain(tasks_lib.sample_gram(key, hyper.task, tc.batch_size))
-      else:
-        batch = constrain(tasks_lib.sample_tasks(key, hyper.task, tc.batch_size))
-      preds = models.predict(params, model, batch, forward=tc.forward, eta=hyper.eta)
-      sq_err_B = (preds - batch.y_query) ** 2
-      return jnp.mean(sq_err_B), _max_share(sq_err_B)
-  return objective
+    preds = models.predict(params, model, batch, forward=tc.forward, eta=hyper.eta)
+    sq_err_B = (preds - batch.y_query) ** 2
+    return jnp.mean(sq_err_B), _max_share(sq_err_B)
+
+  return loss
+
+
+def make_objective(exp: config_lib.Experiment, layout: sharding.Layout | None = None):
+  """loss(params, key, hyper) -> (loss, max_share) for the configured objective, drawing its own
+  data from ``key`` (:func:`make_data`, then :func:`make_loss`).
+
+  The task law and eta come from ``hyper`` (traced); the rest of ``exp`` is static.
+  """
+  draw, loss = make_data(exp, layout), make_loss(exp)
+  return lambda params, key, hyper: loss(params, draw(key, hyper), hyper)
 
 
 def make_chunk_fn(exp: config_lib.Experiment, layout: sharding.Layout | None = None):
@@ -117,24 +132,45 @@ def make_chunk_fn(exp: config_lib.Experiment, layout: sharding.Layout | None = N
   ``grad_norms_K`` are the global norms of the raw (unclipped) gradients of each step,
   ``shares_K`` the largest sample's share of each step's batch loss. The
   update is -hyper.learning_rate * direction (see :func:`optim.make_direction`).
+
+  Data reused across steps (``train.resample_every`` 0 or > 1) is drawn once per key, not once
+  per step: the batch rides in the scan's carry and is redrawn (lax.cond) only at the steps
+  where the step's data key changes. The batch is the same either way, so is every step.
   """
-  objective = make_objective(exp, layout)
+  draw, loss = make_data(exp, layout), make_loss(exp)
   direction = optim.make_direction(exp.train)
   resample_every = exp.train.resample_every
+
+  def update(params, opt_state, hyper, batch):
+    (value, share), grads = jax.value_and_grad(loss, has_aux=True)(params, batch, hyper)
+    updates, opt_state = direction.update(grads, opt_state, params)
+    params = jax.tree.map(lambda p, u: p - hyper.learning_rate * u, params, updates)
+    return params, opt_state, (value, optax.tree.norm(grads), share)
 
   def chunk(params, opt_state, hyper, steps_K):
     data_key = jax.random.wrap_key_data(hyper.data_key)
 
-    def train_step(carry, step):
-      params, opt_state = carry
-      key = step_data_key(data_key, step, resample_every)
-      (loss, share), grads = jax.value_and_grad(objective, has_aux=True)(params, key, hyper)
-      updates, opt_state = direction.update(grads, opt_state, params)
-      params = jax.tree.map(lambda p, u: p - hyper.learning_rate * u, params, updates)
-      return (params, opt_state), (loss, optax.tree.norm(grads), share)
+    if resample_every == 1:   # fresh data every step
+      def train_step(carry, step):
+        params, opt_state = carry
+        batch = draw(step_data_key(data_key, step, resample_every), hyper)
+        params, opt_state, out = update(params, opt_state, hyper, batch)
+        return (params, opt_state), out
 
-    (params, opt_state), (losses_K, grad_norms_K, shares_K) = jax.lax.scan(
-        train_step, (params, opt_state), steps_K)
+      (params, opt_state), outs = jax.lax.scan(train_step, (params, opt_state), steps_K)
+    else:
+      def reused_step(carry, step):
+        params, opt_state, batch = carry
+        batch = jax.lax.cond(
+            (resample_every > 0) & (step % max(resample_every, 1) == 0) & (step != steps_K[0]),
+            lambda: draw(step_data_key(data_key, step, resample_every), hyper), lambda: batch)
+        params, opt_state, out = update(params, opt_state, hyper, batch)
+        return (params, opt_state, batch), out
+
+      first = draw(step_data_key(data_key, steps_K[0], resample_every), hyper)
+      (params, opt_state, _), outs = jax.lax.scan(reused_step, (params, opt_state, first),
+                                                  steps_K)
+    losses_K, grad_norms_K, shares_K = outs
     return params, opt_state, losses_K, grad_norms_K, shares_K
 
   return chunk

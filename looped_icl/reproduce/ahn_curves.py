@@ -58,7 +58,8 @@ PAPER_STEPS_L3 = (0.42, 0.69, 1.71)
 def family_labels(depth: str) -> dict[str, str]:
   """The legend label of each family of :func:`evaluate_sweep` at ``depth`` layers
   (a number, or "L" for a sweep over depth)."""
-  return {"transformer": f"{depth}-layer transformer (trained)",
+  return {"paper_model": f"{depth}-layer paper model, B_l and A_l free (official recipe)",
+          "transformer": f"{depth}-layer transformer, A_l only (trained)",
           "optimum": f"{depth}-layer optimum, A_l = c_l Sigma^-1 (solver)",
           "general": "general-A solver (overfits its sample)",
           "pgd": f"{depth}-step PGD, A = Sigma^-1", "gd": f"{depth}-step GD"}
@@ -147,6 +148,12 @@ def train_points(ctx: common.Context, ns: Sequence[int], depths: Sequence[int]):
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
+def _gdpp_last_layer_losses(params, cfg: models.ModelConfig, task, s_SxDxD):
+  """Per-sample population loss after the last layer of a GD++ model, (S,)."""
+  return losses.population_loss_samples(params, cfg, task, s_SxDxD)[:, -1]
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
 def _last_layer_losses(a_FxLxDxD, cfg: models.ModelConfig, task, s_SxDxD):
   """Per-sample population loss after the last layer of each of F models, (F, S)."""
   return jax.vmap(lambda a: losses.population_loss_samples({"a": a}, cfg, task, s_SxDxD)[:, -1])(
@@ -197,7 +204,8 @@ def _steps_text(values) -> str:
 
 
 def evaluate_sweep(exp: config_lib.Experiment, ns: Sequence[int], depths: Sequence[int],
-                   trained: Sequence[np.ndarray], *, general_solver: bool = False) -> list[dict]:
+                   trained: Sequence[np.ndarray], *, general_solver: bool = False,
+                   paper: Sequence[dict] | None = None) -> list[dict]:
   """One row per point: every family's loss on the shared sample of S, and paired differences.
 
   The optimum's steps c_l, GD's and PGD's steps (and the general solver) are fitted on
@@ -212,10 +220,15 @@ def evaluate_sweep(exp: config_lib.Experiment, ns: Sequence[int], depths: Sequen
     general_solver: also minimise over general A_l (the library solver, 25 L free entries, from
       random restarts): ``general``. Fitted to a finite sample of heavy-tailed S it overfits, so
       on fresh samples it lands above ``optimum``; it checks that no general A_l beats Ahn's form.
+    paper: each point's paper model ({"a", "b"}; :func:`ahn_paper_model.train_points`):
+      ``paper_model``, paired with the A-only ``transformer`` and with ``optimum``.
   """
   keys = train_step.root_keys(exp.seed)
   families = FAMILIES + (("general",) if general_solver else ())
   pairs = PAIRS + ((("general", "optimum"),) if general_solver else ())
+  if paper is not None:
+    families += ("paper_model",)
+    pairs += (("transformer", "paper_model"), ("optimum", "paper_model"))
   rows = []
   # Every point is evaluated as an L_max-layer model padded with identity layers: one compile.
   cfg_max = dataclasses.replace(exp.model, num_layers=max(depths))
@@ -243,9 +256,16 @@ def evaluate_sweep(exp: config_lib.Experiment, ns: Sequence[int], depths: Sequen
             dataclasses.replace(exp.model, num_layers=depth), task, fit_k,
             restarts=exp.solver.restarts, max_iters=exp.solver.max_iters, restart_seed=k)
         a["general"] = params["a"]
-      per_sample = dict(zip(families, np.asarray(_last_layer_losses(
-          jnp.stack([_pad_layers(a[name], cfg_max.num_layers) for name in families]), cfg_max,
+      a_only = [name for name in families if name != "paper_model"]
+      per_sample = dict(zip(a_only, np.asarray(_last_layer_losses(
+          jnp.stack([_pad_layers(a[name], cfg_max.num_layers) for name in a_only]), cfg_max,
           task, eval_k.s))))
+      if paper is not None:   # padded with A = B = 0 layers (the identity), like the others
+        gdpp_max = dataclasses.replace(cfg_max, parametrization="gdpp")
+        padded = {name: _pad_layers(jnp.asarray(value), cfg_max.num_layers)
+                  for name, value in paper[k].items()}
+        per_sample["paper_model"] = np.asarray(_gdpp_last_layer_losses(padded, gdpp_max, task,
+                                                                       eval_k.s))
       row = {"n": n, "layers": depth}
       for name in families:
         est = estimators.estimate(per_sample[name], eval_k)
