@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from looped_icl import config_lib
+from looped_icl import optim
 from looped_icl import sweep
 from looped_icl import train_step
 
@@ -91,3 +92,44 @@ def test_runs_of_another_program_are_refused():
   with pytest.raises(ValueError, match="^task.n differs between runs of one vmapped group"):
     train_step.check_same_program([base, _experiment("default:quick", {"task.n": 40})])
   train_step.check_same_program([base, _experiment("default:quick", {"seed": 4})])
+
+
+@pytest.mark.parametrize("objective, resample_every", [("mc", 3), ("mc", 0), ("population", 4)])
+def test_reused_data_is_drawn_once_per_key_with_the_same_steps(objective, resample_every):
+  """The chunk draws reused data (resample_every 0 or > 1) once per data key and carries it;
+  the steps must be those of drawing every step's data from its documented key, bit for bit,
+  including a chunk that starts between two redraws."""
+  config = config_lib.load("ahn_paper_model:quick")
+  config.train.objective = objective
+  config.model.parametrization = "gdpp" if objective == "mc" else "preconditioner"
+  config.train.batch_size = 64
+  config.train.resample_every = resample_every
+  exp = config_lib.from_config(config)
+  draw, loss = train_step.make_data(exp), train_step.make_loss(exp)
+  direction = optim.make_direction(exp.train)
+
+  def per_step_chunk(params, opt_state, hyper, steps_K):   # the plain formulation
+    data_key = jax.random.wrap_key_data(hyper.data_key)
+
+    def step_fn(carry, step):
+      params, opt_state = carry
+      batch = draw(train_step.step_data_key(data_key, step, resample_every), hyper)
+      (value, _), grads = jax.value_and_grad(loss, has_aux=True)(params, batch, hyper)
+      updates, opt_state = direction.update(grads, opt_state, params)
+      params = jax.tree.map(lambda p, u: p - hyper.learning_rate * u, params, updates)
+      return (params, opt_state), value
+
+    return jax.lax.scan(step_fn, (params, opt_state), steps_K)
+
+  state, hyper = train_step.initial_state(exp), train_step.make_hyper(exp)
+  chunk = jax.jit(train_step.make_chunk_fn(exp))
+  reference = jax.jit(per_step_chunk)
+  params, opt_state = state["params"], state["opt_state"]
+  ref_params, ref_opt_state = params, opt_state
+  for start, length in ((0, 5), (5, 7)):      # the second chunk starts mid-way
+    steps = jnp.arange(start, start + length)
+    params, opt_state, losses_K, _, _ = chunk(params, opt_state, hyper, steps)
+    (ref_params, ref_opt_state), ref_losses_K = reference(ref_params, ref_opt_state, hyper, steps)
+    np.testing.assert_array_equal(losses_K, ref_losses_K)
+  for name in params:
+    np.testing.assert_array_equal(params[name], ref_params[name])
