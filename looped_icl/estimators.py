@@ -196,6 +196,22 @@ def _stratified_stderr(y_S: np.ndarray, component_S: np.ndarray) -> float:
   return float(np.sqrt(var))
 
 
+def mean_and_stderrs(values_SxK, weighted: WeightedS | None = None):
+  """Column-wise mean(weight * f) and its stratified standard error, each (K,): one estimate
+  per column of ``values_SxK`` (e.g. the entries of a per-sample gradient)."""
+  f_SxK = np.asarray(values_SxK, np.float64)
+  num = f_SxK.shape[0]
+  weight_S = np.ones(num) if weighted is None else np.asarray(weighted.weight, np.float64)
+  component_S = np.zeros(num, int) if weighted is None else np.asarray(weighted.component)
+  y_SxK = weight_S[:, None] * f_SxK
+  var_K = np.zeros(f_SxK.shape[1:])
+  for j in np.unique(component_S):
+    y_j = y_SxK[component_S == j]
+    if y_j.shape[0] > 1:
+      var_K += (y_j.shape[0] / num) ** 2 * y_j.var(axis=0, ddof=1) / y_j.shape[0]
+  return y_SxK.mean(axis=0), np.sqrt(var_K)
+
+
 def pareto_tail_index(values) -> float:
   """Shape k of a generalised Pareto fit to the largest values (Zhang and Stephens 2009).
 

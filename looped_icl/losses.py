@@ -16,6 +16,8 @@ formula applies.
 
 from __future__ import annotations
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -201,3 +203,35 @@ def estimate_population_loss(params, cfg: models.ModelConfig, task: tasks_lib.Ta
   report["values"] = [e["value"] for e in per_layer]
   report["stderrs"] = [e["stderr"] for e in per_layer]
   return report, samples, values_SxL
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _per_sample_gradients(params, cfg: models.ModelConfig, task, s_SxDxD):
+  return jax.vmap(lambda s: jax.grad(
+      lambda p: population_loss_samples(p, cfg, task, s[None])[0, -1])(params))(s_SxDxD)
+
+
+def gradient_estimate(params, cfg: models.ModelConfig, task: tasks_lib.TaskDistribution,
+                      samples: estimators.WeightedS) -> dict:
+  """The gradient of the population loss at ``params`` with a standard error per entry: the
+  weighted mean of the per-sample gradients of the Rao-Blackwellised loss (an unbiased estimate,
+  as the loss itself; :func:`estimators.mean_and_stderrs`).
+
+  Returns:
+    {"mean", "stderr": pytrees like ``params``; "max_abs_z": the largest |mean / stderr| over
+    the entries (a stationarity test: ~N(0, 1) entries at a critical point), "norm"}.
+  """
+  grads = _per_sample_gradients(params, cfg, task, samples.s)
+  leaves, treedef = jax.tree.flatten(grads)
+  num = samples.s.shape[0]
+  means, stderrs = [], []
+  for leaf in leaves:
+    mean_K, se_K = estimators.mean_and_stderrs(np.asarray(leaf).reshape(num, -1), samples)
+    means.append(mean_K.reshape(leaf.shape[1:]))
+    stderrs.append(se_K.reshape(leaf.shape[1:]))
+  flat_mean, flat_se = np.concatenate([m.ravel() for m in means]), np.concatenate(
+      [e.ravel() for e in stderrs])
+  return {"mean": jax.tree.unflatten(treedef, means),
+          "stderr": jax.tree.unflatten(treedef, stderrs),
+          "max_abs_z": float(np.max(np.abs(flat_mean) / np.maximum(flat_se, 1e-300))),
+          "norm": float(np.linalg.norm(flat_mean))}

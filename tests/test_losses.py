@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from looped_icl import constructions
+from looped_icl import estimators
 from looped_icl import losses
 from looped_icl import models
 from looped_icl import tasks
@@ -443,3 +444,29 @@ def test_blocked_samples_equal_one_pass(x64, family, monkeypatch):
   np.testing.assert_allclose(b_value, value, rtol=1e-13)
   for name in grads:
     np.testing.assert_allclose(b_grads[name], grads[name], rtol=1e-11, atol=1e-15)
+
+
+def test_gradient_estimate_is_the_gradient_of_the_estimate_with_stratified_errors(x64):
+  """losses.gradient_estimate: its mean is the gradient of the weighted mean loss (jax.grad of
+  the estimate, another code path), and its standard errors are the stratified ones of the
+  per-sample gradients (here from jacrev of the per-sample loss vector, in NumPy)."""
+  cfg, params = _model("preconditioner", "layered", 2, seed=5)
+  params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), params)
+  task = tasks.make_task(COV, N_CTX)
+  samples = estimators.sample(jax.random.key(7), task, 300, estimators.default_proposal(task))
+  est = losses.gradient_estimate(params, cfg, task, samples)
+  weight = jnp.asarray(samples.weight)
+
+  def weighted_per_sample(p):
+    return weight * losses.population_loss_samples(p, cfg, task, samples.s)[:, -1]
+
+  expected = jax.grad(lambda p: jnp.mean(weighted_per_sample(p)))(params)
+  np.testing.assert_allclose(est["mean"]["a"], expected["a"], rtol=1e-9, atol=1e-12)
+  jac = np.asarray(jax.jacrev(weighted_per_sample)(params)["a"]).reshape(300, -1)
+  component = np.asarray(samples.component)
+  var = sum((np.sum(component == j) / 300) ** 2 * jac[component == j].var(axis=0, ddof=1)
+            / np.sum(component == j) for j in np.unique(component))
+  np.testing.assert_allclose(est["stderr"]["a"].ravel(), np.sqrt(var), rtol=1e-9)
+  z = np.abs(np.asarray(expected["a"]).ravel()) / np.sqrt(var)
+  assert est["max_abs_z"] == pytest.approx(z.max(), rel=1e-9)
+  assert est["norm"] == pytest.approx(np.linalg.norm(np.asarray(expected["a"])), rel=1e-9)

@@ -15,6 +15,11 @@ optimum is known in closed form (Ahn Thm 1, :func:`looped_icl.theory.ahn_theorem
 A* = N/(N+d+1) Sigma^{-1}, one PGD step; the solver, PGD's line search and the trained model are
 checked against it.
 
+Ahn et al. Thm 3/4 (multi-layer critical points A_l ~ Sigma^{-1}): at each point the population
+gradient over general A_l at the optimum A_l = c_l Sigma^{-1} is estimated entry by entry with
+its standard error (:func:`looped_icl.losses.gradient_estimate`; ``optimum_grad_max_abs_z``), and
+5% off the c_l as a power check (``perturbed_grad_max_abs_z``).
+
 The paper's own model (``paper_model``: Transformer_F of the official code, B_l and A_l free,
 trained with its recipe and best-of-last-20 selection; configs/ahn_paper_model.py) is the main
 series; the A-only model above (``transformer``, P sparse: B_l = 0) is the second.
