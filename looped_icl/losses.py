@@ -212,16 +212,23 @@ def _per_sample_gradients(params, cfg: models.ModelConfig, task, s_SxDxD):
 
 
 def gradient_estimate(params, cfg: models.ModelConfig, task: tasks_lib.TaskDistribution,
-                      samples: estimators.WeightedS) -> dict:
+                      samples: estimators.WeightedS, *, transform=None) -> dict:
   """The gradient of the population loss at ``params`` with a standard error per entry: the
   weighted mean of the per-sample gradients of the Rao-Blackwellised loss (an unbiased estimate,
   as the loss itself; :func:`estimators.mean_and_stderrs`).
 
+  ``transform``: a linear map applied to the per-sample gradients (a pytree with a leading
+  sample axis) before they are averaged, e.g. a projection onto the directions a theorem speaks
+  of; the estimate is then of the transformed gradient.
+
   Returns:
-    {"mean", "stderr": pytrees like ``params``; "max_abs_z": the largest |mean / stderr| over
-    the entries (a stationarity test: ~N(0, 1) entries at a critical point), "norm"}.
+    {"mean", "stderr": pytrees like ``params`` (or the transform's output); "max_abs_z": the
+    largest |mean / stderr| over the entries (a stationarity test: ~N(0, 1) entries at a
+    critical point), "norm"}.
   """
   grads = _per_sample_gradients(params, cfg, task, samples.s)
+  if transform is not None:
+    grads = transform(grads)
   leaves, treedef = jax.tree.flatten(grads)
   num = samples.s.shape[0]
   means, stderrs = [], []
