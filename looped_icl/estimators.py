@@ -186,30 +186,35 @@ def weighted_mean(values_S, weighted: WeightedS) -> jax.Array:
   return jnp.mean(weight * values_S, axis=0)
 
 
-def _stratified_stderr(y_S: np.ndarray, component_S: np.ndarray) -> float:
-  num = y_S.shape[0]
-  var = 0.0
+def _weights_and_components(num: int, weighted: WeightedS | None):
+  """(weight_S, component_S) of ``weighted``'s samples (plain: weights 1, one component)."""
+  if weighted is None:
+    return np.ones(num), np.zeros(num, int)
+  return np.asarray(weighted.weight, np.float64), np.asarray(weighted.component)
+
+
+def _stratified_stderrs(y_SxK: np.ndarray, component_S: np.ndarray) -> np.ndarray:
+  """The stratified standard error of the mean of each column of ``y_SxK``, (K,)."""
+  num = y_SxK.shape[0]
+  var_K = np.zeros(y_SxK.shape[1:])
   for j in np.unique(component_S):
-    y_j = y_S[component_S == j]
+    y_j = y_SxK[component_S == j]
     if y_j.shape[0] > 1:
-      var += (y_j.shape[0] / num) ** 2 * y_j.var(ddof=1) / y_j.shape[0]
-  return float(np.sqrt(var))
+      var_K += (y_j.shape[0] / num) ** 2 * y_j.var(axis=0, ddof=1) / y_j.shape[0]
+  return np.sqrt(var_K)
+
+
+def _stratified_stderr(y_S: np.ndarray, component_S: np.ndarray) -> float:
+  return float(_stratified_stderrs(y_S[:, None], component_S)[0])
 
 
 def mean_and_stderrs(values_SxK, weighted: WeightedS | None = None):
   """Column-wise mean(weight * f) and its stratified standard error, each (K,): one estimate
   per column of ``values_SxK`` (e.g. the entries of a per-sample gradient)."""
   f_SxK = np.asarray(values_SxK, np.float64)
-  num = f_SxK.shape[0]
-  weight_S = np.ones(num) if weighted is None else np.asarray(weighted.weight, np.float64)
-  component_S = np.zeros(num, int) if weighted is None else np.asarray(weighted.component)
+  weight_S, component_S = _weights_and_components(f_SxK.shape[0], weighted)
   y_SxK = weight_S[:, None] * f_SxK
-  var_K = np.zeros(f_SxK.shape[1:])
-  for j in np.unique(component_S):
-    y_j = y_SxK[component_S == j]
-    if y_j.shape[0] > 1:
-      var_K += (y_j.shape[0] / num) ** 2 * y_j.var(axis=0, ddof=1) / y_j.shape[0]
-  return y_SxK.mean(axis=0), np.sqrt(var_K)
+  return y_SxK.mean(axis=0), _stratified_stderrs(y_SxK, component_S)
 
 
 def pareto_tail_index(values) -> float:
@@ -257,8 +262,7 @@ def estimate(values_S, weighted: WeightedS | None = None) -> dict:
   if f_S.ndim != 1:
     raise ValueError(f"values must be one number per sample, got shape {f_S.shape}")
   num = f_S.shape[0]
-  weight_S = np.ones(num) if weighted is None else np.asarray(weighted.weight, np.float64)
-  component_S = np.zeros(num, int) if weighted is None else np.asarray(weighted.component)
+  weight_S, component_S = _weights_and_components(num, weighted)
   y_S = weight_S * f_S
   value = float(y_S.mean())
   stderr = _stratified_stderr(y_S, component_S)
@@ -305,9 +309,7 @@ def paired_ratio(num_S, den_S, weighted: WeightedS | None = None) -> tuple[float
   """mean(w num) / mean(w den) of two losses on the same samples, and its delta-method standard
   error (stratified like :func:`estimate`; plain samples when ``weighted`` is None)."""
   num_S, den_S = np.asarray(num_S, np.float64), np.asarray(den_S, np.float64)
-  num = num_S.shape[0]
-  weight_S = np.ones(num) if weighted is None else np.asarray(weighted.weight, np.float64)
-  component_S = np.zeros(num, int) if weighted is None else np.asarray(weighted.component)
+  weight_S, component_S = _weights_and_components(num_S.shape[0], weighted)
   mean_num, mean_den = np.mean(weight_S * num_S), np.mean(weight_S * den_S)
   ratio = mean_num / mean_den
   resid_S = weight_S * (num_S / mean_num - den_S / mean_den)

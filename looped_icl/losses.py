@@ -206,38 +206,34 @@ def estimate_population_loss(params, cfg: models.ModelConfig, task: tasks_lib.Ta
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
-def _per_sample_gradients(params, cfg: models.ModelConfig, task, s_SxDxD):
+def per_sample_gradients(params, cfg: models.ModelConfig, task: tasks_lib.TaskDistribution,
+                         s_SxDxD: jax.Array):
+  """The gradient of the Rao-Blackwellised loss of each sample of S at ``params``: a pytree like
+  ``params`` with a leading sample axis (the input of :func:`gradient_estimate`)."""
   return jax.vmap(lambda s: jax.grad(
       lambda p: population_loss_samples(p, cfg, task, s[None])[0, -1])(params))(s_SxDxD)
 
 
-def gradient_estimate(params, cfg: models.ModelConfig, task: tasks_lib.TaskDistribution,
-                      samples: estimators.WeightedS, *, transform=None) -> dict:
-  """The gradient of the population loss at ``params`` with a standard error per entry: the
-  weighted mean of the per-sample gradients of the Rao-Blackwellised loss (an unbiased estimate,
-  as the loss itself; :func:`estimators.mean_and_stderrs`).
-
-  ``transform``: a linear map applied to the per-sample gradients (a pytree with a leading
-  sample axis) before they are averaged, e.g. a projection onto the directions a theorem speaks
-  of; the estimate is then of the transformed gradient.
+def gradient_estimate(grads_S, samples: estimators.WeightedS) -> dict:
+  """The gradient of the population loss with a standard error per entry, from per-sample
+  gradients ``grads_S`` (:func:`per_sample_gradients` on ``samples``, or any linear map of them,
+  e.g. a projection onto the directions a theorem speaks of): their weighted mean (an unbiased
+  estimate, as the loss itself; :func:`estimators.mean_and_stderrs`).
 
   Returns:
-    {"mean", "stderr": pytrees like ``params`` (or the transform's output); "max_abs_z": the
-    largest |mean / stderr| over the entries (a stationarity test: ~N(0, 1) entries at a
-    critical point), "norm"}.
+    {"mean", "stderr": pytrees like one sample of ``grads_S``; "max_abs_z": the largest
+    |mean / stderr| over the entries (a stationarity test: ~N(0, 1) entries at a critical
+    point), "norm"}.
   """
-  grads = _per_sample_gradients(params, cfg, task, samples.s)
-  if transform is not None:
-    grads = transform(grads)
-  leaves, treedef = jax.tree.flatten(grads)
+  leaves, treedef = jax.tree.flatten(grads_S)
   num = samples.s.shape[0]
   means, stderrs = [], []
   for leaf in leaves:
     mean_K, se_K = estimators.mean_and_stderrs(np.asarray(leaf).reshape(num, -1), samples)
     means.append(mean_K.reshape(leaf.shape[1:]))
     stderrs.append(se_K.reshape(leaf.shape[1:]))
-  flat_mean, flat_se = np.concatenate([m.ravel() for m in means]), np.concatenate(
-      [e.ravel() for e in stderrs])
+  flat_mean = np.concatenate([m.ravel() for m in means])
+  flat_se = np.concatenate([e.ravel() for e in stderrs])
   return {"mean": jax.tree.unflatten(treedef, means),
           "stderr": jax.tree.unflatten(treedef, stderrs),
           "max_abs_z": float(np.max(np.abs(flat_mean) / np.maximum(flat_se, 1e-300))),

@@ -36,10 +36,15 @@ def validation_batch(exp: config_lib.Experiment, num_tasks: int | None = None):
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "forward"))
+def squared_errors(params, cfg: models.ModelConfig, batch, forward: str) -> jax.Array:
+  """Each task's squared error (y_hat - y_q)^2 of ``params`` on ``batch``."""
+  return (models.predict(params, cfg, batch, forward=forward) - batch.y_query) ** 2
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "forward"))
 def mean_squared_error(params, cfg: models.ModelConfig, batch, forward: str) -> jax.Array:
   """The in-context loss mean((y_hat - y_q)^2) of ``params`` on ``batch``."""
-  preds = models.predict(params, cfg, batch, forward=forward)
-  return jnp.mean((preds - batch.y_query) ** 2)
+  return jnp.mean(squared_errors(params, cfg, batch, forward))
 
 
 def best_checkpoint(exp: config_lib.Experiment, workdir: str, *, last: int | None = None,

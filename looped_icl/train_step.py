@@ -161,9 +161,10 @@ def make_chunk_fn(exp: config_lib.Experiment, layout: sharding.Layout | None = N
     else:
       def reused_step(carry, step):
         params, opt_state, batch = carry
-        batch = jax.lax.cond(
-            (resample_every > 0) & (step % max(resample_every, 1) == 0) & (step != steps_K[0]),
-            lambda: draw(step_data_key(data_key, step, resample_every), hyper), lambda: batch)
+        if resample_every > 0:   # a new key every resample_every steps (0: one for the run)
+          batch = jax.lax.cond(
+              (step % resample_every == 0) & (step != steps_K[0]),
+              lambda: draw(step_data_key(data_key, step, resample_every), hyper), lambda: batch)
         params, opt_state, out = update(params, opt_state, hyper, batch)
         return (params, opt_state, batch), out
 

@@ -447,14 +447,16 @@ def test_blocked_samples_equal_one_pass(x64, family, monkeypatch):
 
 
 def test_gradient_estimate_is_the_gradient_of_the_estimate_with_stratified_errors(x64):
-  """losses.gradient_estimate: its mean is the gradient of the weighted mean loss (jax.grad of
-  the estimate, another code path), and its standard errors are the stratified ones of the
-  per-sample gradients (here from jacrev of the per-sample loss vector, in NumPy)."""
+  """losses.gradient_estimate of per_sample_gradients: its mean is the gradient of the weighted
+  mean loss (jax.grad of the estimate, another code path), and its standard errors are the
+  stratified ones of the per-sample gradients (here from jacrev of the per-sample loss vector,
+  in NumPy)."""
   cfg, params = _model("preconditioner", "layered", 2, seed=5)
   params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), params)
   task = tasks.make_task(COV, N_CTX)
   samples = estimators.sample(jax.random.key(7), task, 300, estimators.default_proposal(task))
-  est = losses.gradient_estimate(params, cfg, task, samples)
+  est = losses.gradient_estimate(losses.per_sample_gradients(params, cfg, task, samples.s),
+                                 samples)
   weight = jnp.asarray(samples.weight)
 
   def weighted_per_sample(p):

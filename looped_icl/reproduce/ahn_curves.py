@@ -148,12 +148,6 @@ def train_points(ctx: common.Context, ns: Sequence[int], depths: Sequence[int]):
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
-def _gdpp_last_layer_losses(params, cfg: models.ModelConfig, task, s_SxDxD):
-  """Per-sample population loss after the last layer of a GD++ model, (S,)."""
-  return losses.population_loss_samples(params, cfg, task, s_SxDxD)[:, -1]
-
-
-@functools.partial(jax.jit, static_argnames=("cfg",))
 def _last_layer_losses(a_FxLxDxD, cfg: models.ModelConfig, task, s_SxDxD):
   """Per-sample population loss after the last layer of each of F models, (F, S)."""
   return jax.vmap(lambda a: losses.population_loss_samples({"a": a}, cfg, task, s_SxDxD)[:, -1])(
@@ -167,7 +161,8 @@ def _pad_layers(a_LxDxD, num_layers: int) -> jax.Array:
 
 
 def _off_ray(g_SxLxDxD: jax.Array, root_DxD: jax.Array) -> jax.Array:
-  """The traceless part of each whitened gradient root G root (root = Sigma^-1/2)."""
+  """The traceless part of each whitened gradient root G root (root = Sigma^-1/2), the same
+  shape: the directions off the ray A = c Sigma^-1."""
   white = jnp.einsum("ij,sljk,km->slim", root_DxD, g_SxLxDxD, root_DxD)
   trace = jnp.trace(white, axis1=-2, axis2=-1)[..., None, None] / white.shape[-1]
   return white - trace * jnp.eye(white.shape[-1], dtype=white.dtype)[None, None]
@@ -243,6 +238,7 @@ def evaluate_sweep(exp: config_lib.Experiment, ns: Sequence[int], depths: Sequen
     task = task64(exp)  # n is never read: no label noise (module docstring).
     inv_cov = np.linalg.inv(np.asarray(task.cov))
     inv_cov = (inv_cov + inv_cov.T) / 2
+    inv_root = jnp.asarray(cov_lib.inv_sqrtm_pd(task.cov))   # Sigma^-1/2
     s_fit = sample_s(jax.random.fold_in(keys["eval"], 0), task.cov, ns, exp.solver.samples)
     s_eval = _eval_samples(exp, task, ns)
     for k, (n, depth) in enumerate(zip(ns, depths)):
@@ -271,8 +267,8 @@ def evaluate_sweep(exp: config_lib.Experiment, ns: Sequence[int], depths: Sequen
         gdpp_max = dataclasses.replace(cfg_max, parametrization="gdpp")
         padded = {name: _pad_layers(jnp.asarray(value), cfg_max.num_layers)
                   for name, value in paper[k].items()}
-        per_sample["paper_model"] = np.asarray(_gdpp_last_layer_losses(padded, gdpp_max, task,
-                                                                       eval_k.s))
+        per_sample["paper_model"] = np.asarray(losses.last_layer_loss_samples(
+            padded, gdpp_max, task, eval_k.s))
       row = {"n": n, "layers": depth}
       for name in families:
         est = estimators.estimate(per_sample[name], eval_k)
@@ -282,20 +278,18 @@ def evaluate_sweep(exp: config_lib.Experiment, ns: Sequence[int], depths: Sequen
         est = estimators.estimate(per_sample[worse] - per_sample[better], eval_k)
         row[f"{worse}_minus_{better}"], row[f"{worse}_minus_{better}_stderr"] = (
             est["value"], est["stderr"])
-      # Ahn et al. Thm 3/4: A_l = c_l Sigma^-1 is a critical point of the loss over general A_l
-      # (not only along the c_l the solver moved): the mean per-sample gradient over all 25 L
-      # entries is 0 within its standard errors on the independent evaluation draws; 5% off the
-      # c_l it is not (the test's power).
-      # The c_l carry their fit error along Sigma^-1 itself, which the evaluation draws can
-      # resolve; the theorem's content is the rest: in whitened coordinates (A~ = Sigma^1/2 A
-      # Sigma^1/2, gradient Sigma^-1/2 G Sigma^-1/2) the gradient's traceless part ("off_ray").
+      # Ahn et al. Thm 3/4: A_l = c_l Sigma^-1 is a critical point of the loss over general A_l.
+      # The population gradient over all 25 L entries, on the independent evaluation draws, at
+      # the c_l and 5% off them (the check's power). Along Sigma^-1 itself the c_l carry their
+      # fit error, which those draws can resolve; the theorem's content is the rest: in whitened
+      # coordinates (A~ = Sigma^1/2 A Sigma^1/2, gradient Sigma^-1/2 G Sigma^-1/2) the
+      # gradient's traceless part ("off_ray").
       cfg_depth = dataclasses.replace(exp.model, num_layers=depth)
-      root = jnp.asarray(cov_lib.inv_sqrtm_pd(task.cov))
       for label, scale in (("optimum", 1.0), ("perturbed", 1.05)):
-        point = {"a": scale * a["optimum"]}
-        grad = losses.gradient_estimate(point, cfg_depth, task, eval_k)
-        off = losses.gradient_estimate(point, cfg_depth, task, eval_k,
-                                       transform=lambda g: _off_ray(g["a"], root))
+        grads_S = losses.per_sample_gradients({"a": scale * a["optimum"]}, cfg_depth, task,
+                                              eval_k.s)
+        grad = losses.gradient_estimate(grads_S, eval_k)
+        off = losses.gradient_estimate(_off_ray(grads_S["a"], inv_root), eval_k)
         row.update({f"{label}_grad_max_abs_z": grad["max_abs_z"],
                     f"{label}_grad_norm": grad["norm"],
                     f"{label}_grad_off_ray_max_abs_z": off["max_abs_z"]})

@@ -17,8 +17,10 @@ checked against it.
 
 Ahn et al. Thm 3/4 (multi-layer critical points A_l ~ Sigma^{-1}): at each point the population
 gradient over general A_l at the optimum A_l = c_l Sigma^{-1} is estimated entry by entry with
-its standard error (:func:`looped_icl.losses.gradient_estimate`; ``optimum_grad_max_abs_z``), and
-5% off the c_l as a power check (``perturbed_grad_max_abs_z``).
+its standard error (:func:`looped_icl.losses.gradient_estimate`): off the ray A = c Sigma^{-1}
+(``optimum_grad_off_ray_max_abs_z``, the theorem's content), in all entries
+(``optimum_grad_max_abs_z``: along the ray it carries the c_l's fit error), and 5% off the c_l
+as a power check (``perturbed_grad_*``).
 
 The paper's own model (``paper_model``: Transformer_F of the official code, B_l and A_l free,
 trained with its recipe and best-of-last-20 selection; configs/ahn_paper_model.py) is the main

@@ -12,7 +12,6 @@ is part of :func:`looped_icl.reproduce.ahn_curves.evaluate_sweep`.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Sequence
 
 import jax
@@ -21,9 +20,9 @@ import numpy as np
 
 from looped_icl import config_lib
 from looped_icl import estimators
-from looped_icl import models
 from looped_icl import selection
 from looped_icl import tasks as tasks_lib
+from looped_icl import train
 from looped_icl import train_step
 from looped_icl.reproduce import common
 from looped_icl.reproduce.ahn_curves import task64
@@ -51,7 +50,9 @@ def train_points(ctx: common.Context, exp: config_lib.Experiment, ns: Sequence[i
       raise ValueError(f"{PAPER_CONFIG}'s Sigma differs from the sweep's: the families would not "
                        f"be compared on one task")
     name = f"paper_n={n},L={depth}"
-    common.train_run(ctx, name, config, evaluate=False)
+    # Trained only (its summary and its latest params are not what is reported): the pick below
+    # restores the candidates itself.
+    train.train_and_evaluate(config, ctx.run_dir(name), evaluate=False)
     pick = selection.best_checkpoint(paper, ctx.run_dir(name))
     params.append({k: np.asarray(v, np.float64) for k, v in pick["params"].items()})
     picks.append({"n": n, "layers": depth, "step": pick["step"], "last_step": pick["last_step"],
@@ -61,11 +62,6 @@ def train_points(ctx: common.Context, exp: config_lib.Experiment, ns: Sequence[i
 
 # The official notebooks' test batch: B = 20000 fresh prompts (seed 99), its mean squared error.
 TEST_TASKS = 20000
-
-
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def _squared_errors(params, cfg: models.ModelConfig, batch) -> jax.Array:
-  return (models.predict(params, cfg, batch, forward="gram") - batch.y_query) ** 2
 
 
 def held_out_losses(exp: config_lib.Experiment, ns: Sequence[int], depths: Sequence[int],
@@ -85,10 +81,11 @@ def held_out_losses(exp: config_lib.Experiment, ns: Sequence[int], depths: Seque
       batch = tasks_lib.sample_gram(jax.random.fold_in(key, k), task64(exp, n), TEST_TASKS)
       cfg = dataclasses.replace(exp.model, num_layers=depth)
       errors = {
-          "paper_model": np.asarray(_squared_errors(
+          "paper_model": np.asarray(selection.squared_errors(
               {name: jnp.asarray(value) for name, value in paper[k].items()},
-              dataclasses.replace(cfg, parametrization="gdpp"), batch)),
-          "transformer": np.asarray(_squared_errors({"a": jnp.asarray(trained[k])}, cfg, batch))}
+              dataclasses.replace(cfg, parametrization="gdpp"), batch, "gram")),
+          "transformer": np.asarray(selection.squared_errors(
+              {"a": jnp.asarray(trained[k])}, cfg, batch, "gram"))}
       row = {"n": n, "layers": depth}
       for name, err in errors.items():
         est = estimators.estimate(err)
