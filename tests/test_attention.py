@@ -202,7 +202,7 @@ def test_gram_forward_gradients_equal_token_autodiff(x64):
 
   tokens = lambda p, q, eta: attention.forward_tokens(p, q, eta, tasks.to_prompt(batch))
   grams = lambda p, q, eta: attention.forward_gram(p, q, eta, gram.gram, gram.query, 7)
-  expected = jax.grad(functools.partial(loss, tokens), argnums=(0, 1, 2))(p, q, eta)
-  got = jax.grad(functools.partial(loss, grams), argnums=(0, 1, 2))(p, q, eta)
+  expected = jax.jit(jax.grad(functools.partial(loss, tokens), argnums=(0, 1, 2)))(p, q, eta)
+  got = jax.jit(jax.grad(functools.partial(loss, grams), argnums=(0, 1, 2)))(p, q, eta)
   for e, g in zip(expected, got):
     np.testing.assert_allclose(g, e, rtol=1e-9, atol=1e-12)

@@ -47,9 +47,9 @@ def test_vjp_of_every_input_equals_autodiff(x64, num_layers):
     return jnp.sum(preds * cot_LxB)
 
   args = (p, q, eta, gram, query)
-  np.testing.assert_allclose(fast(*args), ref(*args), rtol=1e-12)
-  expected = jax.grad(ref, argnums=range(5))(*args)
-  got = jax.grad(fast, argnums=range(5))(*args)
+  np.testing.assert_allclose(jax.jit(fast)(*args), jax.jit(ref)(*args), rtol=1e-12)
+  expected = jax.jit(jax.grad(ref, argnums=range(5)))(*args)   # jitted: one program, not one per op
+  got = jax.jit(jax.grad(fast, argnums=range(5)))(*args)
   for name, e, g in zip(("p", "q", "eta", "gram", "query"), expected, got):
     scale = np.max(np.abs(e))
     np.testing.assert_allclose(g, e, rtol=0, atol=1e-10 * scale, err_msg=name)
@@ -77,7 +77,8 @@ def test_shared_weights_get_the_sum_of_the_layer_gradients(x64):
                              jnp.moveaxis(gram_DxDxB, -1, 0), query_DxB.T, n)
     return jnp.sum(preds[-1] ** 2)
 
-  for g, e in zip(jax.grad(loss, argnums=(0, 1))(p, q), jax.grad(ref, argnums=(0, 1))(p, q)):
+  grads = [jax.jit(jax.grad(f, argnums=(0, 1)))(p, q) for f in (loss, ref)]
+  for g, e in zip(*grads):
     np.testing.assert_allclose(g, e, rtol=1e-10)
 
 
