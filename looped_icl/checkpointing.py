@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import time
+import traceback
 
 import jax
 import orbax.checkpoint as ocp
@@ -51,11 +53,44 @@ def restore(mngr: ocp.CheckpointManager, step: int, like):
     if len(leaves) != len(jax.tree.leaves(like)):
       raise ValueError(f"{len(leaves)} arrays, expected {len(jax.tree.leaves(like))}")
   except Exception as e:  # pylint: disable=broad-except  (orbax/tensorstore raise many kinds)
+    _drop_late_reads_of_failed_restores()
     reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
     raise CheckpointError(step, f"{type(e).__name__}: {reason[:200]}") from None
   # Orbax returns leafless nodes (optax's EmptyState) as {}; the leaves are in order, so rebuild
   # the exact structure of ``like``.
   return jax.tree.unflatten(jax.tree.structure(like), leaves)
+
+
+def _is_late_read(args) -> bool:
+  """Whether an unraisable exception is a tensorstore read completing on a closed asyncio loop."""
+  if not (isinstance(args.exc_value, RuntimeError)
+          and str(args.exc_value) == "Event loop is closed"):
+    return False
+  return any(frame.name == "call_soon_threadsafe"
+             for frame in traceback.extract_tb(args.exc_traceback))
+
+
+def _drop_late_reads_of_failed_restores() -> None:
+  """Silences exactly the noise a failed restore leaves behind, once per process.
+
+  When one array of a checkpoint cannot be read, orbax's restore fails at the first error and
+  closes its asyncio loop while tensorstore still reads the other arrays; each of those reads then
+  completes onto the closed loop and prints "Exception ignored ... RuntimeError: Event loop is
+  closed" from a tensorstore thread, seconds later. Nobody waits for those results (the restore
+  has already raised :class:`CheckpointError`), so this wraps ``sys.unraisablehook`` to drop
+  exactly that exception (a RuntimeError with that message raised in ``call_soon_threadsafe``)
+  and passes every other one to the previous hook.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, "drops_late_reads", False):
+    return
+
+  def hook(args):
+    if not _is_late_read(args):
+      previous(args)
+
+  hook.drops_late_reads = True
+  sys.unraisablehook = hook
 
 
 def set_aside(workdir: str, step: int) -> str:
