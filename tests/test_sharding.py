@@ -48,7 +48,7 @@ WORKER = textwrap.dedent("""
         np.asarray(batch.gram), np.asarray(tasks.sample_gram(jax.random.key(0), exp.task, 64).gram)))
     hlo = train_step.make_train_chunk(exp, layout).lower(
         *(lambda s: (s["params"], s["opt_state"]))(train_step.initial_state(exp)),
-        train_step.make_hyper(exp), jax.numpy.arange(1)).compile().as_text()
+        train_step.make_hyper(exp), jax.numpy.arange(10)).compile().as_text()  # trained above
     out["chunk_is_partitioned"] = "all-reduce" in hlo
 
     # A vmapped group of 4 runs (seeds): split over the devices, one run per device.
