@@ -105,15 +105,14 @@ def time_steps(exp: config_lib.Experiment, steps_per_call: int = 10, repeats: in
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = float((cost or {}).get("flops", float("nan")))
   step = 0
-  params, opt_state, _, _ = chunk(params, opt_state, hyper,
-                                 jnp.arange(step, step + steps_per_call))
+  params, opt_state, *_ = chunk(params, opt_state, hyper, jnp.arange(step, step + steps_per_call))
   jax.block_until_ready(params)
   times = []
   for _ in range(repeats):
     step += steps_per_call
     t0 = time.perf_counter()
-    params, opt_state, losses, _ = chunk(params, opt_state, hyper,
-                                       jnp.arange(step, step + steps_per_call))
+    params, opt_state, losses, *_ = chunk(params, opt_state, hyper,
+                                          jnp.arange(step, step + steps_per_call))
     jax.block_until_ready(losses)
     times.append((time.perf_counter() - t0) / steps_per_call)
   return statistics.median(times), flops / 1e9
@@ -121,11 +120,13 @@ def time_steps(exp: config_lib.Experiment, steps_per_call: int = 10, repeats: in
 
 def run(names=None, forwards=("gram",), steps_per_call: int = 10, repeats: int = 5):
   """Benchmarks the named workloads (default: all); returns (peak GFLOP/s, [Result])."""
-  peak = matmul_peak_gflops()
-  results = []
-  for name in names or WORKLOADS:
+  names = list(names or WORKLOADS)
+  for name in names:
     if name not in WORKLOADS:
       raise ValueError(f"workload must be one of {sorted(WORKLOADS)}, got {name!r}")
+  peak = matmul_peak_gflops()
+  results = []
+  for name in names:
     for label, overrides in WORKLOADS[name]:
       for forward in forwards:
         if forward == "tokens" and (overrides.get("train.objective") == "population"
