@@ -11,6 +11,7 @@ float32 matmul peak. ``--forwards=gram,tokens`` also times the token-space refer
 (:mod:`looped_icl.variance_benchmark`).
 """
 
+import importlib.util
 import json
 import tempfile
 
@@ -19,6 +20,7 @@ from absl import flags
 from looped_icl import benchmark
 from looped_icl import config_lib
 from looped_icl import job_benchmark
+from looped_icl import torch_anchor
 from looped_icl import variance_benchmark
 from looped_icl.cli import common as cli
 
@@ -29,6 +31,10 @@ _JSON = flags.DEFINE_string("json", None, "Write the results as JSON to this fil
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats (the median is reported).")
 _STEPS = flags.DEFINE_integer("steps_per_call", 10, "Steps per timed dispatch (lax.scan).")
 _VARIANCE = flags.DEFINE_bool("variance", False, "Measure the estimators' variance reduction.")
+_COMPARE = flags.DEFINE_bool(
+    "compare", False, "Also time the anchor-style PyTorch step (Ahn et al.'s official code in "
+    "ahn_demo's setting) in this process and print our ahn_demo step's speed as a multiple of it "
+    "(needs torch: pip install 'looped_icl[bench]').")
 _JOB_CONFIG = flags.DEFINE_string("job_config", "default",
                                   "--workload=main_job: the config (NAME[:ARG]) of the job.")
 _WORKDIR = flags.DEFINE_string("workdir", None,
@@ -55,12 +61,25 @@ def main(argv):
         with open(_JSON.value, "w") as f:
           json.dump(rows, f, indent=2)
       return
-    peak, results = benchmark.run(_WORKLOAD.value, tuple(_FORWARDS.value), _STEPS.value,
+    workloads = _WORKLOAD.value
+    if _COMPARE.value:
+      if importlib.util.find_spec("torch") is None:
+        raise ValueError("--compare needs torch: pip install 'looped_icl[bench]'")
+      workloads = list(dict.fromkeys((workloads or list(benchmark.WORKLOADS)) + ["ahn_demo"]))
+    peak, results = benchmark.run(workloads, tuple(_FORWARDS.value), _STEPS.value,
                                   _REPEATS.value)
     print(benchmark.format_table(peak, results))
+    out = benchmark.to_json(peak, results)
+    if _COMPARE.value:
+      anchor = torch_anchor.steps_per_s(steps_per_repeat=_STEPS.value, repeats=_REPEATS.value)
+      ours = next(r for r in results if r.workload == "ahn_demo" and r.forward == "gram")
+      out["compare"] = {"anchor_steps_per_s": anchor, "ours_steps_per_s": ours.steps_per_s,
+                        "ratio": ours.steps_per_s / anchor}
+      print(f"anchor-style PyTorch step (ahn_demo, {ours.label}): {anchor:.1f} steps/s; ours "
+            f"{ours.steps_per_s:.1f} steps/s = {ours.steps_per_s / anchor:.1f}x")
     if _JSON.value:
       with open(_JSON.value, "w") as f:
-        json.dump(benchmark.to_json(peak, results), f, indent=2)
+        json.dump(out, f, indent=2)
 
   cli.run_or_exit(go)
 
