@@ -46,6 +46,8 @@ def main(argv):
   del argv
 
   def go():
+    if _WORKLOAD.value and "main_job" in _WORKLOAD.value and len(_WORKLOAD.value) > 1:
+      raise ValueError("workload main_job runs alone, got " + ",".join(_WORKLOAD.value))
     if _WORKLOAD.value == ["main_job"]:
       workdir = _WORKDIR.value or tempfile.mkdtemp(prefix="looped_icl_main_job_")
       result = job_benchmark.main_job(config_lib.load(_JOB_CONFIG.value), workdir)
