@@ -86,23 +86,40 @@ def test_console_command_trains_and_reproduces_from_anywhere(venv, tmp_path):
   assert list((tmp_path / "W2").glob("*.png"))
 
 
+def _imports(tree) -> set[str]:
+  names = set()
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Import):
+      names |= {alias.name.split(".")[0] for alias in node.names}
+    elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+      names.add(node.module.split(".")[0])
+  return names
+
+
 def test_declared_dependencies_cover_every_import(venv):
-  """Every third-party module imported by looped_icl/ belongs to a Requires-Dist of the wheel."""
+  """Every third-party module imported by looped_icl/ belongs to a Requires-Dist of the wheel:
+  a core one, or an optional extra's where it is imported only inside a function (torch, for
+  ``looped-icl benchmark --compare``)."""
   _, wheel = venv
   with zipfile.ZipFile(wheel) as z:
     metadata = z.read(next(n for n in z.namelist() if n.endswith(".dist-info/METADATA")))
-  declared = {re.split(r"[\s<>=!~;\[(]", line.split(":", 1)[1].strip())[0].lower().replace(
-      "_", "-") for line in metadata.decode().splitlines() if line.startswith("Requires-Dist:")
-              and "extra ==" not in line}
-  imported = set()
+  requires = [line.split(":", 1)[1].strip() for line in metadata.decode().splitlines()
+              if line.startswith("Requires-Dist:")]
+  name = lambda req: re.split(r"[\s<>=!~;\[(]", req)[0].lower().replace("_", "-")
+  core = {name(r) for r in requires if "extra ==" not in r}
+  extras = {name(r) for r in requires if "extra ==" in r}
+  eager, lazy = set(), set()
   for path in (REPO / "looped_icl").rglob("*.py"):
-    for node in ast.walk(ast.parse(path.read_text())):
-      if isinstance(node, ast.Import):
-        imported |= {alias.name.split(".")[0] for alias in node.names}
-      elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-        imported.add(node.module.split(".")[0])
-  third_party = imported - set(sys.stdlib_module_names) - {"looped_icl", "__future__"}
+    tree = ast.parse(path.read_text())
+    functions = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef,
+                                                             ast.AsyncFunctionDef))]
+    inside = set().union(*(_imports(f) for f in functions)) if functions else set()
+    eager |= _imports(ast.Module(body=[n for n in tree.body if not isinstance(
+        n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))], type_ignores=[]))
+    lazy |= inside
+  not_ours = set(sys.stdlib_module_names) | {"looped_icl", "__future__"}
   providers = importlib.metadata.packages_distributions()
-  missing = {m for m in third_party
-             if not {d.lower().replace("_", "-") for d in providers.get(m, [])} & declared}
+  dists = lambda m: {d.lower().replace("_", "-") for d in providers.get(m, [m])}
+  missing = {m for m in eager - not_ours if not dists(m) & core}
+  missing |= {m for m in lazy - eager - not_ours if not dists(m) & (core | extras)}
   assert not missing, f"imported but not declared in pyproject.toml: {sorted(missing)}"
