@@ -42,6 +42,13 @@ _WORKDIR = flags.DEFINE_string("workdir", None,
                                "directory).")
 
 
+def _write_json(obj) -> None:
+  """Writes ``obj`` to ``--json`` if it is set."""
+  if _JSON.value:
+    with open(_JSON.value, "w") as f:
+      json.dump(obj, f, indent=2)
+
+
 def main(argv):
   del argv
 
@@ -52,16 +59,12 @@ def main(argv):
       workdir = _WORKDIR.value or tempfile.mkdtemp(prefix="looped_icl_main_job_")
       result = job_benchmark.main_job(config_lib.load(_JOB_CONFIG.value), workdir)
       print(job_benchmark.format_table(result))
-      if _JSON.value:
-        with open(_JSON.value, "w") as f:
-          json.dump(result, f, indent=2)
+      _write_json(result)
       return
     if _VARIANCE.value:
       rows = variance_benchmark.run()
       print(variance_benchmark.format_table(rows))
-      if _JSON.value:
-        with open(_JSON.value, "w") as f:
-          json.dump(rows, f, indent=2)
+      _write_json(rows)
       return
     workloads = _WORKLOAD.value
     if _COMPARE.value:
@@ -79,9 +82,7 @@ def main(argv):
                         "ratio": ours.steps_per_s / anchor}
       print(f"anchor-style PyTorch step (ahn_demo, {ours.label}): {anchor:.1f} steps/s; ours "
             f"{ours.steps_per_s:.1f} steps/s = {ours.steps_per_s / anchor:.1f}x")
-    if _JSON.value:
-      with open(_JSON.value, "w") as f:
-        json.dump(out, f, indent=2)
+    _write_json(out)
 
   cli.run_or_exit(go)
 
