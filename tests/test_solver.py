@@ -3,6 +3,7 @@
 import jax
 import numpy as np
 import pytest
+from jax.flatten_util import ravel_pytree
 
 from looped_icl import config_lib
 from looped_icl import estimators
@@ -160,3 +161,34 @@ def test_held_out_loss_agrees_with_an_independent_estimate(single_layer):
   assert result["loss_estimate"]["trusted"]
   assert result["held_out_minus_fit"] == pytest.approx(result["loss"] - result["fit_loss"])
   assert 0 < result["held_out_minus_fit_stderr"] < 0.05 * result["loss"]
+
+
+@pytest.mark.parametrize("kind,parametrization", [("layered", "preconditioner"),
+                                                  ("looped", "gdpp")])
+def test_whitened_coordinates_are_a_change_of_variables(kind, parametrization):
+  """L-BFGS's coordinates: A = C A' C with C = Sigma^-1/2 (A' = I is Sigma^-1), B and eta as
+  they are; the two maps are inverse, and the gradient map is the adjoint of the parameter map
+  (<to_raw(g), v> = <g, to_raw(v)>), so to_raw(grad) is the gradient in A'."""
+  config = config_lib.base_config()
+  config.task.covariance = "rotated"
+  config.task.spectrum = (1.0, 0.5, 0.25, 2.0)
+  config.task.d = 4
+  config.model.kind = kind
+  config.model.num_layers = 3
+  config.model.parametrization = parametrization
+  exp = config_lib.from_config(config)
+  cov = np.asarray(exp.task.cov, np.float64)
+  to_raw, to_white = solver._whitening(exp.model, cov)
+  with jax.enable_x64(True):
+    template = solver._restart_params(jax.random.key(0), exp.model, cov)
+    flat, unravel = ravel_pytree(template)
+    rng = np.random.default_rng(0)
+    x, v = rng.normal(size=(2, flat.size))
+    np.testing.assert_allclose(to_white(to_raw(x)), x, rtol=1e-12, atol=1e-12)
+    assert np.dot(to_raw(x), v) == pytest.approx(np.dot(x, to_raw(v)), rel=1e-12)
+    eye = {name: np.broadcast_to(np.eye(4), np.shape(value)) for name, value in template.items()}
+    raw = unravel(to_raw(ravel_pytree(eye)[0]))
+  np.testing.assert_allclose(np.asarray(raw["a"]), np.broadcast_to(np.linalg.inv(cov),
+                                                                    eye["a"].shape), rtol=1e-10)
+  if "b" in raw:
+    np.testing.assert_array_equal(np.asarray(raw["b"]), eye["b"])
