@@ -22,6 +22,13 @@ os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 os.environ["XLA_FLAGS"] = " ".join(
     filter(None, [os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=1"]))
 
+# One OpenBLAS thread (numpy's and scipy's BLAS read it when loaded, here and in the
+# subprocesses): the tests' BLAS calls are on tiny matrices, and an idle OpenBLAS pool spins
+# after each call, taking the cores from XLA in this worker and the other (the solver's L-BFGS
+# evaluations: ~135 -> ~88 ms, see looped_icl/solver.py). Numbers are unchanged: a 1-thread GEMM
+# of these sizes is the same code path.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import jax  # noqa: E402  (after the environment it reads)
 import pytest  # noqa: E402
 
