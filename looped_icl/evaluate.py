@@ -25,6 +25,10 @@ from looped_icl import tasks as tasks_lib
 from looped_icl import theory
 
 
+# One compiled program per (model, forward, loops, batch shape) in a process, not per summary.
+_predict = jax.jit(models.predict, static_argnames=("cfg", "forward", "num_loops", "all_layers"))
+
+
 def alignment_with_inverse_covariance(a_DxD, cov) -> dict[str, float]:
   """Best scale c of Sigma^-1 for A, and ||A - c Sigma^-1||_F / ||A||_F."""
   inv = np.linalg.inv(np.asarray(cov, np.float64))
@@ -47,9 +51,8 @@ def summarize(params, exp: config_lib.Experiment, key: jax.Array) -> dict:
   else:
     batch = tasks_lib.sample_tasks(k_tasks, task, tc.eval_tasks)
     gram = tasks_lib.to_gram(batch) if model.activation == "linear" else None
-  preds_BxL = jax.jit(lambda p, b: models.predict(p, model, b, forward=forward,
-                                                  num_loops=num_loops, all_layers=True))(
-                                                      params, batch)
+  preds_BxL = _predict(params, model, batch, forward=forward, num_loops=num_loops,
+                       all_layers=True)
   sq_err_BxL = np.asarray((preds_BxL - batch.y_query[:, None]) ** 2, np.float64)
   trained = model.num_layers
   loss, stderr = estimators.mean_and_stderr(sq_err_BxL[:, trained - 1])

@@ -119,9 +119,13 @@ def mm_bl_unrolled(a_MxKxB: jax.Array, b_KxNxB: jax.Array, one: jax.Array | None
   hand-written adjoints); ``one`` from :func:`opaque_one` keeps the result out of consumers."""
   if a_MxKxB.shape[1] > UNROLL_MAX:
     return _mm_bl_dot(a_MxKxB, b_KxNxB)
-  out = a_MxKxB[:, 0, None, :] * b_KxNxB[None, 0, :, :]
+  # lax slices (a[:, j, None, :], b[None, j]): the same program, traced ~3x faster than NumPy
+  # indexing, which the suite's ~2000 programs pay for every unrolled product.
+  column = lambda j: jax.lax.slice_in_dim(a_MxKxB, j, j + 1, axis=1)
+  row = lambda j: jax.lax.slice_in_dim(b_KxNxB, j, j + 1, axis=0)
+  out = column(0) * row(0)
   for j in range(1, a_MxKxB.shape[1]):
-    out = out + a_MxKxB[:, j, None, :] * b_KxNxB[None, j, :, :]
+    out = out + column(j) * row(j)
   return out if one is None else out / one
 
 

@@ -10,6 +10,8 @@ chunk of steps [t0, t1) draws the same data wherever it runs.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -177,16 +179,38 @@ def make_chunk_fn(exp: config_lib.Experiment, layout: sharding.Layout | None = N
   return chunk
 
 
+class _Program:
+  """An experiment compared by its program fields only: the key of :func:`make_train_chunk`'s
+  cache (runs equal in them share one compiled program, :func:`check_same_program`)."""
+
+  def __init__(self, exp: config_lib.Experiment):
+    self.exp = exp
+    self.key = tuple(sorted(config_lib.program_fields(exp).items()))
+
+  def __hash__(self):
+    return hash(self.key)
+
+  def __eq__(self, other):
+    return isinstance(other, _Program) and self.key == other.key
+
+
 def make_train_chunk(exp: config_lib.Experiment, layout: sharding.Layout | None = None,
                      num_runs: int | None = None):
   """The jitted chunk of one run (``num_runs`` None) or of a vmapped group of ``num_runs`` runs
   (params, opt_state and hyper stacked on a leading axis; losses (num_runs, K)).
 
   Inputs and outputs are placed by ``layout`` (jit in/out shardings); params and optimizer state
-  are donated.
+  are donated. One jitted function per (program fields, layout, num_runs) in a process: a second
+  run of the same program (a resume, another seed or learning rate, a sweep point) reuses it
+  without tracing, lowering or a compilation-cache lookup again.
   """
   layout = sharding.layout_for(num_runs) if layout is None else layout
-  chunk = make_chunk_fn(exp, layout)
+  return _train_chunk(_Program(exp), layout, num_runs)
+
+
+@functools.lru_cache(maxsize=64)
+def _train_chunk(program: _Program, layout: sharding.Layout, num_runs: int | None):
+  chunk = make_chunk_fn(program.exp, layout)
   if num_runs is not None:
     chunk = jax.vmap(chunk, in_axes=(0, 0, 0, None))
   state, rep = layout.state(), layout.replicated()
