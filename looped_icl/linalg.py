@@ -123,16 +123,16 @@ def mm_bl_unrolled(a_MxKxB: jax.Array, b_KxNxB: jax.Array, one: jax.Array | None
   # NumPy-style expression, traced and lowered ~2x faster (each jnp operator is a nested jit to
   # trace), which every unrolled product of the suite's ~2000 programs pays.
   shape = (a_MxKxB.shape[0], b_KxNxB.shape[1], max(a_MxKxB.shape[2], b_KxNxB.shape[2]))
-  lax = jax.lax
 
   def term(j):
-    column = lax.broadcast_in_dim(lax.slice_in_dim(a_MxKxB, j, j + 1, axis=1), shape, (0, 1, 2))
-    row = lax.broadcast_in_dim(lax.slice_in_dim(b_KxNxB, j, j + 1, axis=0), shape, (0, 1, 2))
-    return lax.mul(column, row)
+    column = jax.lax.slice_in_dim(a_MxKxB, j, j + 1, axis=1)
+    row = jax.lax.slice_in_dim(b_KxNxB, j, j + 1, axis=0)
+    return jax.lax.mul(jax.lax.broadcast_in_dim(column, shape, (0, 1, 2)),
+                       jax.lax.broadcast_in_dim(row, shape, (0, 1, 2)))
 
   out = term(0)
   for j in range(1, a_MxKxB.shape[1]):
-    out = lax.add(out, term(j))
+    out = jax.lax.add(out, term(j))
   return out if one is None else out / one
 
 

@@ -111,24 +111,25 @@ def _whitening(model: models.ModelConfig, cov) -> tuple:
   optimiser moving A' (GD++'s B and the fixed family's steps are left as they are). With
   x = Sigma^{1/2} x' the preconditioned step on Sigma is the step of A' on the whitened problem, so
   the loss is far better conditioned in A': on the main job (Sigma's eigenvalues 1/16..1) the
-  restarts converge in ~80 evaluations instead of stopping at 125 (BUILD_NOTES.md, "The main job
-  end to end"). It is a change of coordinates, not of the problem: the same A are reachable and
-  scipy's results are mapped back (``res.x``, ``res.jac`` in the flat free parameters). C is
-  symmetric, so the gradient maps with the same C: dL/dA' = C (dL/dA) C, i.e. ``to_raw``.
+  restarts converge in 65-94 evaluations instead of stopping at 125 (BUILD_NOTES.md, "The solver:
+  whitened coordinates and one BLAS thread"). It is a change of coordinates, not of the problem:
+  the same A are reachable and scipy's results are mapped back (``res.x``, ``res.jac`` in the flat
+  free parameters). C is symmetric, so the gradient maps with the same C:
+  dL/dA' = C (dL/dA) C, i.e. ``to_raw``.
   """
   template = jax.eval_shape(lambda: models.init_params(jax.random.key(0), model))
   names = sorted(template)                       # ravel_pytree's order for a flat dict
-  sizes = [int(np.prod(template[name].shape)) for name in names]
-  offsets = np.cumsum([0] + sizes)
+  offsets = np.cumsum([0] + [int(np.prod(template[name].shape)) for name in names])
   w, v = np.linalg.eigh(np.asarray(cov, np.float64))
   c_root, c_inv_root = (v * w**-0.5) @ v.T, (v * w**0.5) @ v.T
+  a_block = (slice(offsets[names.index("a")], offsets[names.index("a") + 1])
+             if "a" in template else None)
 
   def transform(flat, m):
     flat = np.array(flat, np.float64)
-    if "a" in template:
-      i = names.index("a")
-      a = flat[offsets[i]:offsets[i + 1]].reshape(template["a"].shape)
-      flat[offsets[i]:offsets[i + 1]] = (m @ a @ m).ravel()
+    if a_block is not None:
+      a = flat[a_block].reshape(template["a"].shape)
+      flat[a_block] = (m @ a @ m).ravel()
     return flat
 
   return (lambda flat: transform(flat, c_root)), (lambda flat: transform(flat, c_inv_root))
@@ -160,8 +161,9 @@ def minimize_population_loss(model: models.ModelConfig, task: tasks_lib.TaskDist
 
   runs = []
   # One BLAS thread for scipy's L-BFGS-B: its tiny BLAS calls otherwise leave OpenBLAS's
-  # threads spinning, and they take the cores from XLA's evaluation (~135 -> ~88 ms per
-  # evaluation at 20k samples on 2 cores; BUILD_NOTES.md, "The main job end to end").
+  # threads spinning, and they take the cores from XLA's evaluation (~130 -> ~88 ms per
+  # evaluation at 20k samples on 2 cores; BUILD_NOTES.md, "The solver: whitened coordinates and
+  # one BLAS thread").
   with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):
     for r in range(restarts if starts is None else len(starts)):
       if starts is None:

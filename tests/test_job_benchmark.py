@@ -8,6 +8,7 @@ import pytest
 
 from looped_icl import config_lib
 from looped_icl import job_benchmark
+from looped_icl import train_step
 from looped_icl import workdir as workdir_lib
 
 
@@ -22,6 +23,9 @@ def _small_job():
 
 
 def test_main_job_phases_add_up_and_leave_the_job_outputs(tmp_path):
+  # A chunk this worker built for an earlier test of the same program would be reused without
+  # tracing (train_step.make_train_chunk's cache); time the job as a fresh process runs it.
+  train_step._train_chunk.cache_clear()
   result = job_benchmark.main_job(_small_job(), str(tmp_path))
   walls = [result[p]["wall_s"] for p in job_benchmark.PHASES]
   compiles = [result[p]["compile_s"] for p in job_benchmark.PHASES]
