@@ -55,13 +55,15 @@ def summarize(params, exp: config_lib.Experiment, key: jax.Array) -> dict:
                        all_layers=True)
   sq_err_BxL = np.asarray((preds_BxL - batch.y_query[:, None]) ** 2, np.float64)
   trained = model.num_layers
-  loss, stderr = estimators.mean_and_stderr(sq_err_BxL[:, trained - 1])
+  # One reduction for every depth: the trained depth's loss is loss_vs_loops' entry, bit for bit
+  # (a column's own mean is summed in another order, and differs in the last bit on some CPUs).
+  loss_L, stderr_L = estimators.mean_and_stderr(sq_err_BxL)
   summary = {
-      "final_eval_loss": loss,
-      "final_eval_loss_stderr": stderr,
+      "final_eval_loss": float(loss_L[trained - 1]),
+      "final_eval_loss_stderr": float(stderr_L[trained - 1]),
       "eval_tasks": tc.eval_tasks,
       "covariance": np.asarray(task.cov).tolist(),
-      "loss_vs_loops": sq_err_BxL.mean(axis=0).tolist(),
+      "loss_vs_loops": loss_L.tolist(),
   }
   if model.parametrization in losses.POPULATION_FAMILIES and model.activation == "linear":
     report, s_samples, _ = losses.estimate_population_loss(
