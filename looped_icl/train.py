@@ -34,8 +34,10 @@ from absl import logging
 
 from looped_icl import checkpointing
 from looped_icl import config_lib
+from looped_icl import covariance
 from looped_icl import estimators
 from looped_icl import evaluate
+from looped_icl import linalg
 from looped_icl import optim
 from looped_icl import sharding
 from looped_icl import theory
@@ -57,12 +59,13 @@ def make_alignment_metrics(exp: config_lib.Experiment):
   if model.activation != "linear":
     return lambda params: {}
 
+  # Sigma^1/2 once per run (an eigh), one program per model shape for every logged row.
+  root_DxD = covariance.sqrtm_psd(jnp.asarray(exp.task.cov, linalg.float_dtype()))
+
   def alignment(params):
-    a_eff = theory.effective_preconditioners(params, model)
-    whitened = theory.whiten_preconditioner(a_eff, exp.task.cov)
-    return {"dist_to_identity": np.asarray(theory.dist_to_identity(a_eff), np.float64).tolist(),
-            "dist_to_identity_whitened": np.asarray(theory.dist_to_identity(whitened),
-                                                    np.float64).tolist()}
+    dist, dist_white = theory.alignment_distances(params, model, root_DxD)
+    return {"dist_to_identity": np.asarray(dist, np.float64).tolist(),
+            "dist_to_identity_whitened": np.asarray(dist_white, np.float64).tolist()}
 
   return alignment
 

@@ -102,6 +102,20 @@ def test_dist_to_identity():
     theory.dist_to_identity(jnp.zeros((3, 4)))
 
 
+def test_alignment_distances_are_the_raw_and_whitened_dist_of_each_layer():
+  cov = covariance.make_covariance("rotated", D, spectrum=SPECTRUM, cov_seed=1)
+  cfg = models.ModelConfig(d=D, kind="layered", num_layers=3, parametrization="gdpp")
+  params = models.init_params(jax.random.key(0), cfg)
+  a = np.asarray(theory.effective_preconditioners(params, cfg), np.float64)
+  root = _np_sqrtm(cov, 0.5)
+  dist, dist_white = theory.alignment_distances(params, cfg, covariance.sqrtm_psd(cov))
+  # NumPy's Dist of A_l and of Sigma^1/2 A_l Sigma^1/2, per layer.
+  for got, m in ((dist, a), (dist_white, np.einsum("ij,bjk,kl->bil", root, a, root))):
+    resid = m - np.trace(m, axis1=-2, axis2=-1)[:, None, None] / D * np.eye(D)
+    want = np.linalg.norm(resid, axis=(-2, -1)) / np.linalg.norm(m, axis=(-2, -1))
+    np.testing.assert_allclose(got, want, rtol=1e-10)
+
+
 def test_eigenvalues_as_pairs():
   theta = 0.3
   rot = jnp.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])

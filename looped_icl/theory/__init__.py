@@ -56,6 +56,7 @@ from looped_icl.theory.chen_closed_form import Theorem45Evaluation
 from looped_icl.theory.gatmiry import gradient_dominance_exponent
 from looped_icl.theory.gatmiry import isotropic_flow_time
 from looped_icl.theory.gatmiry import isotropic_gradient_dominance_mu
+from looped_icl.theory.metrics import alignment_distances
 from looped_icl.theory.metrics import asymmetry
 from looped_icl.theory.metrics import dist_to_identity
 from looped_icl.theory.metrics import effective_preconditioners
@@ -79,7 +80,8 @@ __all__ = [
     "theorem_4_5_evaluate", "theorem_4_5_summary",
     "theorem_4_5_totals", "Theorem45Evaluation",
     "gradient_dominance_exponent", "isotropic_flow_time", "isotropic_gradient_dominance_mu",
-    "asymmetry", "dist_to_identity", "effective_preconditioners", "eigenvalues_as_pairs",
+    "alignment_distances", "asymmetry", "dist_to_identity", "effective_preconditioners",
+    "eigenvalues_as_pairs",
     "mean_diagonal", "sparsity_residual", "unwhiten_preconditioner", "whiten_preconditioner",
     "whitened_scales",
 ]

@@ -7,6 +7,7 @@ w_{k+1} = w_k + eta A^T X^T (y - X w_k) / n, and predicts y_hat = <x_q, w_L>.
 * :func:`effective_preconditioners`, :func:`sparsity_residual`: each layer's A of any linear model.
 * :func:`whiten_preconditioner`, :func:`unwhiten_preconditioner`: A -> Sigma^{1/2} A Sigma^{1/2},
   which maps the w* ~ N(0, Sigma^-1) problem on Sigma to the isotropic one.
+* :func:`alignment_distances`: both Dists of every layer in one program (logged each row).
 * :func:`dist_to_identity` (Ahn et al.'s Dist(M, I)), :func:`mean_diagonal` (tr M / d),
   :func:`whitened_scales` (the c_l of A_l ~ c_l Sigma^-1), :func:`asymmetry`,
   :func:`eigenvalues_as_pairs`.
@@ -65,6 +66,18 @@ def unwhiten_preconditioner(a_white, cov) -> jax.Array:
 def _sandwich(a_xDxD: jax.Array, r_DxD: jax.Array) -> jax.Array:
   """R A R for A of shape (..., d, d)."""
   return jnp.einsum("ij,...jk,kl->...il", r_DxD, a_xDxD, r_DxD)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def alignment_distances(params, cfg: models.ModelConfig, root_DxD: jax.Array):
+  """(Dist(A_l, I), Dist(R A_l R, I)) of each layer's effective preconditioner, each (L,).
+
+  With R = Sigma^{1/2} (``covariance.sqrtm_psd``, computed once by the caller) the second is the
+  whitened Dist of :func:`whiten_preconditioner`. One program per model shape: the trainer logs it
+  every row.
+  """
+  a_eff = effective_preconditioners(params, cfg)
+  return _dist_to_identity(a_eff), _dist_to_identity(_sandwich(a_eff, root_DxD.astype(a_eff.dtype)))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -217,5 +230,5 @@ def _sparsity_residual(params, cfg: models.ModelConfig) -> dict[str, jax.Array]:
 __all__ = [
     "whiten_preconditioner", "unwhiten_preconditioner", "dist_to_identity", "mean_diagonal",
     "whitened_scales", "asymmetry", "eigenvalues_as_pairs", "effective_preconditioners",
-    "sparsity_residual",
+    "sparsity_residual", "alignment_distances",
 ]
