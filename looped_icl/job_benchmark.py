@@ -16,10 +16,8 @@ import time
 import ml_collections
 from jax import monitoring
 
-from looped_icl import config_lib
 from looped_icl import solver
 from looped_icl import train
-from looped_icl import workdir as workdir_lib
 
 COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
                   "/jax/core/compile/jaxpr_to_mlir_module_duration",
@@ -52,18 +50,15 @@ def main_job(config: ml_collections.ConfigDict, workdir: str) -> dict:
   ``total``, and ``job_over_training`` (total wall / training wall)."""
   if os.path.isdir(workdir) and os.listdir(workdir):
     raise ValueError(f"workdir must be new or empty to time a whole job, got {workdir}")
-  exp = config_lib.from_config(config)
   marks = []
   with _CompileClock() as clock:
-    marks.append((time.perf_counter(), clock.seconds))
-    with workdir_lib.lock(workdir):
-      workdir_lib.start(config, workdir)
-      params, history = train.train(exp, workdir)
+    def mark(*_):
       marks.append((time.perf_counter(), clock.seconds))
-      train.finish(exp, workdir, params, history, marks[1][0] - marks[0][0])
-      marks.append((time.perf_counter(), clock.seconds))
+
+    mark()
+    train.train_and_evaluate(config, workdir, on_phase=mark)
     solver.solve_into_workdir(config, workdir)
-    marks.append((time.perf_counter(), clock.seconds))
+    mark()
   out = {phase: {"wall_s": t1 - t0, "compile_s": c1 - c0}
          for phase, (t0, c0), (t1, c1) in zip(PHASES, marks, marks[1:])}
   out["total"] = {"wall_s": marks[-1][0] - marks[0][0], "compile_s": marks[-1][1] - marks[0][1]}

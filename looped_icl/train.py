@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import os
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -296,7 +297,8 @@ def finish(exp: config_lib.Experiment, workdir: str, params, history: list[dict]
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       evaluate: bool = True) -> dict | None:
+                       evaluate: bool = True,
+                       on_phase: Callable[[str], None] | None = None) -> dict | None:
   """Validates ``config``, trains into ``workdir`` and writes the summary and figures; returns
   the summary (that of the finished run, unchanged, if ``workdir`` already holds one of
   ``config``: :func:`looped_icl.workdir.finished`).
@@ -304,7 +306,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   ``evaluate=False`` trains only (the workdir contract, metrics and checkpoints, but no
   summary.json or figures; returns None): for callers that evaluate the trained params their own
   way. A rerun resumes from the last checkpoint, so a finished run does no work.
+
+  ``on_phase(name)``, if given, is called as each phase ends ("train", then "evaluate"), inside
+  the workdir lock: how the main-job benchmark times the phases of this very sequence.
   """
+  on_phase = on_phase or (lambda name: None)
   exp = config_lib.from_config(config)
   with workdir_lib.lock(workdir):
     if evaluate and workdir_lib.finished(workdir, config):
@@ -313,6 +319,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     workdir_lib.start(config, workdir)
     t0 = time.perf_counter()
     params, history = train(exp, workdir)
+    on_phase("train")
     if not evaluate:
       return None
-    return finish(exp, workdir, params, history, time.perf_counter() - t0)
+    summary = finish(exp, workdir, params, history, time.perf_counter() - t0)
+    on_phase("evaluate")
+    return summary
