@@ -29,11 +29,14 @@ def test_main_job_phases_add_up_and_leave_the_job_outputs(tmp_path):
   result = job_benchmark.main_job(_small_job(), str(tmp_path))
   walls = [result[p]["wall_s"] for p in job_benchmark.PHASES]
   compiles = [result[p]["compile_s"] for p in job_benchmark.PHASES]
-  # The phases tile the job (consecutive clock readings), compiling is part of each phase, and
-  # every phase compiles something (fresh jitted functions are traced even on a warm cache).
+  # The phases tile the job (consecutive clock readings) and compiling is part of each phase.
+  # Training compiles (its chunk cache was cleared above); evaluation may compile nothing when
+  # this worker already holds every program of its shapes (its jitted functions are module-level:
+  # seen in a clean-clone run, 0.0 s of 1.3 s).
   np.testing.assert_allclose(sum(walls), result["total"]["wall_s"], rtol=1e-9)
   np.testing.assert_allclose(sum(compiles), result["total"]["compile_s"], rtol=1e-9)
-  assert all(0 < c < w for c, w in zip(compiles, walls)), result
+  assert all(0 <= c < w for c, w in zip(compiles, walls)), result
+  assert compiles[0] > 0, result
   assert result["job_over_training"] == pytest.approx(result["total"]["wall_s"] / walls[0])
   # What the two README commands leave behind: the summary and the optimum.
   for name in (workdir_lib.SUMMARY, workdir_lib.OPTIMUM):

@@ -1,5 +1,6 @@
 """Best-of-the-last-k checkpoint selection (Ahn et al.'s official notebooks)."""
 
+import jax
 import numpy as np
 import pytest
 
@@ -36,10 +37,11 @@ def test_best_of_the_last_k_is_the_argmin_of_the_validation_loss(tmp_path):
   batch = selection.validation_batch(exp)
   assert batch.y_query.shape == (exp.train.batch_size,)
   mngr = workdir_lib.checkpoint_manager(str(tmp_path), exp)
+  predict = jax.jit(models.predict, static_argnames=("cfg", "forward"))  # one program, not per op
   try:
     for step, loss in pick["validation_loss"].items():
       params = checkpointing.restore(mngr, step, train_step.initial_state(exp))["params"]
-      preds = np.asarray(models.predict(params, exp.model, batch, forward="gram"), np.float64)
+      preds = np.asarray(predict(params, exp.model, batch, forward="gram"), np.float64)
       expected = np.mean((preds - np.asarray(batch.y_query, np.float64)) ** 2)
       np.testing.assert_allclose(loss, expected, rtol=1e-5)
       if step == 60:   # the latest candidate is the trainer's final state
