@@ -77,7 +77,8 @@ def alignment_distances(params, cfg: models.ModelConfig, root_DxD: jax.Array):
   every row.
   """
   a_eff = effective_preconditioners(params, cfg)
-  return _dist_to_identity(a_eff), _dist_to_identity(_sandwich(a_eff, root_DxD.astype(a_eff.dtype)))
+  whitened = _sandwich(a_eff, root_DxD.astype(a_eff.dtype))
+  return _dist_to_identity(a_eff), _dist_to_identity(whitened)
 
 
 # ------------------------------------------------------------------------------------------------
