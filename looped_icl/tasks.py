@@ -266,8 +266,11 @@ def chi_square(key: jax.Array, dofs_K, batch_size: int) -> jax.Array:
     new_value, ok = candidates(index)
     return index + 1, jnp.where(done, value, new_value), done | ok
 
-  value, ok = candidates(0)
-  _, gamma, _ = jax.lax.while_loop(cond, body, (jnp.asarray(1, jnp.uint32), value, ok))
+  # Pass 0 runs inside the loop too (nothing is accepted at the start, so it always runs): one
+  # copy of the candidates' program instead of two, the same draws (chi_square alone compiles
+  # 0.95 -> 0.64 s; bit-equal, BUILD_NOTES.md).
+  nothing = (jnp.asarray(0, jnp.uint32), jnp.zeros(shape, dtype), jnp.zeros(shape, bool))
+  _, gamma, _ = jax.lax.while_loop(cond, body, nothing)
   if needs_boost:
     u = jax.random.uniform(k_boost, shape, dtype, minval=jnp.finfo(dtype).tiny)
     gamma = jnp.where(boost_K, gamma * u ** (1.0 / jnp.where(boost_K, a_K, 1.0)), gamma)
