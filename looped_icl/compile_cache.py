@@ -1,11 +1,14 @@
 """JAX's persistent compilation cache for command-line runs (on by default, in a user cache dir).
 
 A run compiles a few dozen XLA programs (the training chunk, the samplers, the evaluation and
-solver objectives; ~1-3 s each on a CPU). The persistent cache stores every program that took
-more than JAX's ``jax_persistent_cache_min_compile_time_secs`` (1 s by default) to compile, keyed
-by the program and the compiler options, so a later run of the same shapes (a rerun, another
-seed or learning rate of the same config, ``looped-icl solve`` after ``train`` where programs
-coincide) loads it instead. A cache hit runs the same executable, so it changes no number.
+solver objectives; ~1-3 s each on a CPU) and many more small ones (0.05-1 s). The persistent
+cache stores them keyed by the program and the compiler options, so a later run of the same
+shapes (a rerun, another seed or learning rate of the same config, ``looped-icl solve`` after
+``train`` where programs coincide) loads them instead. A cache hit runs the same executable, so
+it changes no number. Command-line runs store every program, however quick to compile (JAX's
+``jax_persistent_cache_min_compile_time_secs`` is 1 s by default, which left the small ones to
+compile again on every run: the README job's second run compiled 18.0 s with it, 5.5 s without,
+BUILD_NOTES.md), unless ``JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS`` says otherwise.
 
 ``looped-icl --compile_cache_dir=...``: ``auto`` (the default) uses JAX's own setting when the
 user made one (``JAX_COMPILATION_CACHE_DIR`` or ``jax.config``), else :func:`default_dir`;
@@ -39,4 +42,6 @@ def configure(spec: str = AUTO) -> str | None:
       return jax.config.jax_compilation_cache_dir
     spec = default_dir()
   jax.config.update("jax_compilation_cache_dir", spec)
+  if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   return spec

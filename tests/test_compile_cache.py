@@ -14,8 +14,10 @@ from looped_icl import compile_cache
 @pytest.fixture
 def restore_cache_dir():
   previous = jax.config.jax_compilation_cache_dir
+  threshold = jax.config.jax_persistent_cache_min_compile_time_secs
   yield
   jax.config.update("jax_compilation_cache_dir", previous)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", threshold)
 
 
 def test_default_dir_follows_xdg(monkeypatch, tmp_path):
@@ -55,9 +57,10 @@ common.run(main, ["looped-icl test", *sys.argv[1:]], "test launcher")
 def test_every_subcommand_configures_the_cache(tmp_path, flag, expected):
   """The launcher every subcommand runs through sets the cache before ``main`` (and a program
   lands in the default dir), unless JAX's own setting exists (tests/conftest.py's is removed)."""
-  env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
-  env.update(JAX_PLATFORMS="cpu", XDG_CACHE_HOME=str(tmp_path / "xdg"),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  # Without the tests' own threshold too: the launcher keeps even this tiny program.
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")}
+  env.update(JAX_PLATFORMS="cpu", XDG_CACHE_HOME=str(tmp_path / "xdg"))
   args = [] if flag is None else [f"--compile_cache_dir={flag}"]
   out = subprocess.run([sys.executable, "-c", LAUNCHER, *args], env=env, capture_output=True,
                        text=True, timeout=120, check=False)
@@ -66,3 +69,21 @@ def test_every_subcommand_configures_the_cache(tmp_path, flag, expected):
   assert line == f"CACHE {tmp_path / expected if expected else None}", line
   if expected:
     assert list((tmp_path / expected).iterdir())   # the program was written there
+
+
+def test_every_program_is_kept_unless_the_user_set_the_threshold(restore_cache_dir, monkeypatch,
+                                                                 tmp_path):
+  # JAX keeps only programs that took >= 1 s to compile by default; a command-line run keeps all
+  # of them (the small ones are most of a warm run's compiling), unless the user chose.
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  monkeypatch.delenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", raising=False)
+  compile_cache.configure(str(tmp_path / "a"))
+  assert jax.config.jax_persistent_cache_min_compile_time_secs == 0.0
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.5)
+  monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "2.5")
+  compile_cache.configure(str(tmp_path / "b"))
+  assert jax.config.jax_persistent_cache_min_compile_time_secs == 2.5
+  # Off: nothing is stored, and the threshold is left alone.
+  monkeypatch.delenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")
+  compile_cache.configure("none")
+  assert jax.config.jax_persistent_cache_min_compile_time_secs == 2.5
