@@ -138,3 +138,18 @@ def line_figure(ctx: Context, filename: str, panels: Sequence[Panel], suptitle: 
   if suptitle:
     fig.suptitle(suptitle, fontsize=11)
   return plotting.save(fig, ctx.path(filename))
+
+
+def loop_panels(loop_rows: Sequence[Mapping], column: str) -> list[Panel]:
+  """One panel per evaluation setting of test-time loop rows (:mod:`looped_icl.extrapolation`):
+  ``column`` ('mean' or 'median') of every model against loops, finite values only."""
+  panels = []
+  for setting in dict.fromkeys(r["setting"] for r in loop_rows):
+    rows = [r for r in loop_rows if r["setting"] == setting and np.isfinite(r[column])]
+    series = [Series(name, [r["loops"] for r in rows if r["model"] == name],
+                     [r[column] for r in rows if r["model"] == name],
+                     style="o-" if name == "gd_own_step" else ".-")
+              for name in dict.fromkeys(r["model"] for r in rows)]
+    panels.append(Panel(series=series, xlabel="loops at test time",
+                        ylabel=f"{column} population loss", logy=True, title=setting))
+  return panels

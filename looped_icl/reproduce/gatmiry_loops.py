@@ -47,19 +47,14 @@ everywhere.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from looped_icl import baselines
 from looped_icl import config_lib
-from looped_icl import constructions
 from looped_icl import estimators
 from looped_icl import evaluate
-from looped_icl import losses
+from looped_icl import extrapolation
 from looped_icl import theory
 from looped_icl.reproduce import common
 
@@ -81,7 +76,7 @@ SETTINGS = {
     "condition_100": {"covariance": "condition", "kappa": 100.0, "spectrum": ()},
 }
 EVAL_SAMPLES, QUICK_EVAL_SAMPLES = 10000, 2000
-# k-step GD, each k with its own step (baselines.best_gd_eta on the evaluation samples).
+# k-step GD, each k with its own step (extrapolation.gd_own_step on the evaluation samples).
 GD_STEPS = (1, 2, 3, 5, 8, 12, 20)
 QUICK_GD_STEPS = (1, 5, 20)
 
@@ -165,80 +160,6 @@ def _optimum_vs_n(ctx: common.Context) -> tuple[list[dict], tuple]:
   return rows, (n, model, {k: jnp.asarray(v) for k, v in optimum["params"].items()})
 
 
-@jax.jit
-def _spectral_radius(a_DxD, s_SxDxD):
-  """max |eig(I - A^T S)| per sample, (S,)."""
-  eye_1xDxD = jnp.eye(a_DxD.shape[0], dtype=s_SxDxD.dtype)[None]
-  iteration_SxDxD = eye_1xDxD - jnp.einsum("ji,sjk->sik", a_DxD, s_SxDxD)
-  return jnp.max(jnp.abs(jnp.linalg.eigvals(iteration_SxDxD)), axis=-1)
-
-
-@functools.partial(jax.jit, static_argnames=("model",))
-def _loss_samples(params, model, task, s_SxDxD):
-  return losses.population_loss_samples(params, model, task, s_SxDxD, num_loops=MAX_LOOPS)
-
-
-def _per_loop(params, model, task, s_SxDxD) -> np.ndarray:
-  """Per-prompt population loss after 1..MAX_LOOPS loops, (S, MAX_LOOPS), float64.
-
-  The trained loop count of a looped model is irrelevant once the number of loops is given, so
-  it is normalised to 1: one compilation serves every model (and the GD baseline).
-  """
-  model = dataclasses.replace(model, num_layers=1)
-  per_SxK = np.asarray(_loss_samples(params, model, task, s_SxDxD), np.float64)
-  return np.where(np.isfinite(per_SxK), per_SxK, np.inf)  # float32 overflow: a diverged prompt
-
-
-def _loop_rows(setting: str, model_name: str, per_SxK: np.ndarray, samples) -> list[dict]:
-  rows = []
-  for k in range(per_SxK.shape[1]):
-    finite = bool(np.all(np.isfinite(per_SxK[:, k])))
-    est = estimators.estimate(per_SxK[:, k], samples) if finite else None
-    rows.append({"setting": setting, "model": model_name, "loops": k + 1,
-                 "mean": est["value"] if finite else np.inf,   # inf: an overflowed prompt
-                 "stderr": est["stderr"] if finite else np.nan,
-                 "tail_index": est["tail_index"] if finite else np.nan,
-                 "median": estimators.weighted_quantile(per_SxK[:, k], 0.5, samples)})
-  return rows
-
-
-def _extrapolation_summary(per_SxK: np.ndarray, trained_loops: int, samples) -> dict:
-  """Where the mean loss over loops stops decreasing, the loss there and at MAX_LOOPS, and the
-  standard error of the paired gain (loss at the trained loops minus loss at the best)."""
-  weight_S = np.asarray(samples.weight, np.float64)
-  with np.errstate(invalid="ignore"):  # inf (overflowed) prompts: mean inf
-    mean_K = np.mean(weight_S[:, None] * per_SxK, axis=0)
-  median_K = np.array([estimators.weighted_quantile(v, 0.5, samples) for v in per_SxK.T])
-  best = int(np.argmin(mean_K))
-  with np.errstate(invalid="ignore"):  # inf - inf after overflow: not decreasing
-    decreasing, median_decreasing = np.all(np.diff(mean_K) < 0), np.all(np.diff(median_K) < 0)
-    gain_S = per_SxK[:, trained_loops - 1] - per_SxK[:, best]   # paired: same prompts
-  gain_stderr = (estimators.estimate(gain_S, samples)["stderr"] if np.all(np.isfinite(gain_S))
-                 else np.nan)
-  return {"best_loops": best + 1, "best_loss": mean_K[best],
-          "loss_at_trained_loops": mean_K[trained_loops - 1], "loss_at_max_loops": mean_K[-1],
-          "gain_stderr": gain_stderr,
-          "median_at_trained_loops": median_K[trained_loops - 1],
-          "median_at_max_loops": median_K[-1],
-          "keeps_decreasing": bool(decreasing), "median_keeps_decreasing": bool(median_decreasing)}
-
-
-def _gd_own_step(setting: str, task, samples, steps) -> tuple[list[dict], dict]:
-  """k-step GD with the step minimising its loss on ``samples`` (exact line search), each k."""
-  gd_cfg, gd_params = constructions.gd(task.d, 1, eta=1.0)
-  rows = []
-  for k in steps:
-    eta, _ = baselines.best_gd_eta(task, k, samples)
-    per_S = _per_loop({"a": eta * gd_params["a"]}, gd_cfg, task, samples)[:, k - 1]
-    est = estimators.estimate(per_S, samples)
-    rows.append({"setting": setting, "model": "gd_own_step", "loops": k, "mean": est["value"],
-                 "stderr": est["stderr"], "tail_index": est["tail_index"],
-                 "median": estimators.weighted_quantile(per_S, 0.5, samples), "eta": eta})
-  means = np.asarray([r["mean"] for r in rows])
-  return rows, {"steps": list(steps), "loss": means.tolist(), "eta": [r["eta"] for r in rows],
-                "keeps_decreasing": bool(np.all(np.diff(means) < 0))}
-
-
 def _extrapolation(ctx: common.Context, models_by_l: dict, large_n: tuple) -> tuple[list, dict]:
   """(c): loss vs loops 1..MAX_LOOPS of the trained models, their optima and tuned k-step GD.
 
@@ -265,18 +186,15 @@ def _extrapolation(ctx: common.Context, models_by_l: dict, large_n: tuple) -> tu
     # One (defensive) proposal for every model and loop count of the setting: paired.
     samples = estimators.sample(key, exp.task, num_samples,
                                 estimators.default_proposal(exp.task))
-    weight_S = np.asarray(samples.weight, np.float64)
     summary[setting] = {}
     for name, num_loops, model, params in models:
-      per_SxK = _per_loop(params, model, exp.task, samples)
-      radius_S = np.asarray(_spectral_radius(jnp.asarray(params["a"], samples.s.dtype),
-                                             samples.s))
-      rows.extend(_loop_rows(setting, name, per_SxK, samples))
+      per_SxK = extrapolation.per_loop_losses(params, model, exp.task, samples, MAX_LOOPS)
+      rows.extend(extrapolation.loop_rows(setting, name, per_SxK, samples))
       summary[setting][name] = dict(
-          _extrapolation_summary(per_SxK, num_loops, samples),
-          diverging_prompt_fraction=float(np.mean(weight_S * (radius_S > 1.0))))
-    gd_rows, summary[setting]["gd_own_step"] = _gd_own_step(
-        setting, exp.task, samples, QUICK_GD_STEPS if ctx.quick else GD_STEPS)
+          extrapolation.summary(per_SxK, num_loops, samples),
+          diverging_prompt_fraction=extrapolation.diverging_fraction(params, samples))
+    gd_rows, summary[setting]["gd_own_step"] = extrapolation.gd_own_step(
+        setting, exp.task, samples, QUICK_GD_STEPS if ctx.quick else GD_STEPS, MAX_LOOPS)
     rows.extend(gd_rows)
   return rows, summary
 
@@ -317,23 +235,9 @@ def _figures(ctx, curve, final, vs_n, loop_rows) -> list[str]:
                    xlabel="n / d", ylabel="c", logx=True, hlines={"c = 1": 1.0})]))
   for column in ("mean", "median"):
     paths.append(common.line_figure(
-        ctx, f"gatmiry_loops_extrapolation_{column}.png", _loop_panels(loop_rows, column),
+        ctx, f"gatmiry_loops_extrapolation_{column}.png", common.loop_panels(loop_rows, column),
         f"test-time loops (models trained with L = {EXTRAPOLATED}): {column} over prompts"))
   return paths
-
-
-def _loop_panels(loop_rows: list[dict], column: str) -> list[common.Panel]:
-  """One panel per evaluation setting: ``column`` of every model vs loops (finite values)."""
-  panels = []
-  for setting in dict.fromkeys(r["setting"] for r in loop_rows):
-    rows = [r for r in loop_rows if r["setting"] == setting and np.isfinite(r[column])]
-    series = [common.Series(name, [r["loops"] for r in rows if r["model"] == name],
-                            [r[column] for r in rows if r["model"] == name],
-                            style="o-" if name == "gd_own_step" else ".-")
-              for name in dict.fromkeys(r["model"] for r in rows)]
-    panels.append(common.Panel(series=series, xlabel="loops at test time",
-                               ylabel=f"{column} population loss", logy=True, title=setting))
-  return panels
 
 
 def run(ctx: common.Context) -> dict:
