@@ -49,7 +49,8 @@ def x64():
 # The longest modules (minutes of one worker each, measured on a clean clone) start first, so
 # neither xdist worker is left alone with one of them at the end (--dist=loadscope hands out
 # whole modules in collection order).
-_LONGEST_FIRST = ("test_reproduce_gatmiry.py", "test_reproduce_ahn_curves.py",
+_LONGEST_FIRST = ("test_reproduce_gatmiry.py", "test_reproduce_gatmiry_section5.py",
+                  "test_reproduce_ahn_curves.py",
                   "test_reproduce_ahn.py", "test_notebook.py", "test_reproduce_ood_symmetry.py",
                   "test_multihost.py", "test_sharding.py", "test_install.py",
                   "test_reproduce_chen.py", "test_reproduce_gatmiry_minimizer.py",

@@ -23,6 +23,7 @@ EXPERIMENTS = {
     "gatmiry_gradient_dominance": "gatmiry_gradient_dominance",
     "gatmiry_ood": "gatmiry_ood",
     "gatmiry_minimizer": "gatmiry_minimizer",
+    "gatmiry_section5": "gatmiry_section5",
     "chen_bound": "chen_bound",
     "symmetry": "symmetry",
 }
