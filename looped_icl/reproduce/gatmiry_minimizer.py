@@ -44,6 +44,9 @@ n^(-1/(4L)); the L = 1 rows equal (d + 1)/(n + d + 1).
 
 from __future__ import annotations
 
+import time
+
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -120,8 +123,14 @@ def theorem_3_2_rows(cov, loops, ns, num_samples: int, restarts: int, key) -> li
   """One row per (L, n): measured_c (two independent fits), bound_c and the shape of A_opt."""
   rows = []
   d = np.asarray(cov).shape[0]
+  start, total = time.perf_counter(), len(loops) * len(ns)
   for num_loops in loops:
     for n in ns:
+      if rows:   # progress: the full run takes many minutes, the larger L the slower
+        elapsed = time.perf_counter() - start
+        logging.info("theorem 3.2: row %d/%d (L = %d, n = %d), %.0f s so far (L = %d, n = %d: "
+                     "measured_c %.3g)", len(rows) + 1, total, num_loops, n, elapsed,
+                     rows[-1]["L"], rows[-1]["n"], rows[-1]["measured_c"])
       task = _task(cov, n)
       fits, iso = [], []
       for rep in range(2):
