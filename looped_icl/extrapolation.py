@@ -22,6 +22,12 @@ from looped_icl import estimators
 from looped_icl import losses
 
 
+# The loop diverges on a prompt when the spectral radius of I - A^T S exceeds 1 + RADIUS_ATOL. At
+# n < d, S has d - n zero eigenvalues, so the radius is at least 1 exactly (the loop leaves the
+# error in S's null space as it is); float32 eigenvalues put that at 1 +- 1e-6, well below 1e-4.
+RADIUS_ATOL = 1e-4
+
+
 @jax.jit
 def spectral_radius(a_DxD, s_SxDxD):
   """max |eig(I - A^T S)| per sample, (S,)."""
@@ -30,12 +36,11 @@ def spectral_radius(a_DxD, s_SxDxD):
   return jnp.max(jnp.abs(jnp.linalg.eigvals(iteration_SxDxD)), axis=-1)
 
 
-def diverging_fraction(params, samples: estimators.WeightedS, *, atol: float = 0.0) -> float:
+def diverging_fraction(params, samples: estimators.WeightedS) -> float:
   """The weighted fraction of prompts on which the looped preconditioner ``params['a']`` diverges:
-  spectral radius of I - A^T S above 1 + ``atol`` (at n < d it is >= 1 on every prompt: S's null
-  space is left as it is, so ``atol`` separates that from growth)."""
+  spectral radius of I - A^T S above 1 + :data:`RADIUS_ATOL`."""
   radius_S = np.asarray(spectral_radius(jnp.asarray(params["a"], samples.s.dtype), samples.s))
-  return float(np.mean(np.asarray(samples.weight, np.float64) * (radius_S > 1.0 + atol)))
+  return float(np.mean(np.asarray(samples.weight, np.float64) * (radius_S > 1.0 + RADIUS_ATOL)))
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_loops"))
@@ -92,17 +97,25 @@ def summary(per_SxK: np.ndarray, trained_loops: int, samples) -> dict:
           "keeps_decreasing": bool(decreasing), "median_keeps_decreasing": bool(median_decreasing)}
 
 
+def gd_best_step(task, samples, steps: int, max_loops: int) -> tuple[float, np.ndarray]:
+  """(eta, per-prompt loss (S,)) of ``steps``-step GD with the step minimising its loss on
+  ``samples`` (exact line search). Evaluated through the ``max_loops`` program of
+  :func:`per_loop_losses`, the one the looped models it is compared with compile."""
+  gd_cfg, gd_params = constructions.gd(task.d, 1, eta=1.0)
+  eta, _ = baselines.best_gd_eta(task, steps, samples)
+  per_SxK = per_loop_losses({"a": eta * gd_params["a"]}, gd_cfg, task, samples, max_loops)
+  return eta, per_SxK[:, steps - 1]
+
+
 def gd_own_step(setting: str, task, samples, steps, max_loops: int) -> tuple[list[dict], dict]:
-  """k-step GD with the step minimising its loss on ``samples`` (exact line search), each k.
+  """k-step GD with its own best step (:func:`gd_best_step`), each k in ``steps``.
 
   Returns (rows like :func:`loop_rows`' with the step ``eta``, a summary: steps, loss, eta,
   keeps_decreasing).
   """
-  gd_cfg, gd_params = constructions.gd(task.d, 1, eta=1.0)
   rows = []
   for k in steps:
-    eta, _ = baselines.best_gd_eta(task, k, samples)
-    per_S = per_loop_losses({"a": eta * gd_params["a"]}, gd_cfg, task, samples, max_loops)[:, k - 1]
+    eta, per_S = gd_best_step(task, samples, k, max_loops)
     est = estimators.estimate(per_S, samples)
     rows.append({"setting": setting, "model": "gd_own_step", "loops": k, "mean": est["value"],
                  "stderr": est["stderr"], "tail_index": est["tail_index"],

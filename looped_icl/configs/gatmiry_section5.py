@@ -36,8 +36,9 @@ def get_config(arg: str | None = None):
   config.model.init_scale = 1e-3
   config.train.objective = "population"
   config.train.optimizer = "adam"
-  # From A = 0 the first steps move A by ~L lr per step of the loss; 0.02 / L keeps the longest
-  # loops (L = 10) from overshooting into the region where I - A S expands.
+  # Adam moves each entry of A by ~lr per step while the loss's sensitivity to A grows with L:
+  # 0.05 / L (at most 0.01) keeps L = 10 from overshooting into the region where I - A^T S
+  # expands. Chosen, not tuned.
   config.train.learning_rate = min(0.01, 0.05 / num_loops)
   config.train.schedule = "cosine"
   config.train.clip_per_matrix = 1.0

@@ -22,7 +22,7 @@ Measured, on one importance-sampled evaluation sample of S per n (every model pa
   (b) the looped models trained with 2 and 5 loops, run for 1..25 loops: in distribution, on
       Sigma = 2 I (a scale shift) and on a condition-number-10 Sigma; mean and median per-prompt
       loss, the fraction of prompts on which the loop diverges (spectral radius of I - A^T S
-      above 1), against k-step GD with its own best step.
+      above 1 + 1e-4: at n < d it is 1 on S's null space), against k-step GD with its own step.
 
 Measured (full run 2026-12-03, 6.3 min on 2 cores; 20000 importance-sampled S per n):
   (a) L = 1, 2: the trained A is symmetric, Dist(A, c I) <= 0.014 and looped / GD = 1.000-1.001
@@ -50,9 +50,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from looped_icl import baselines
 from looped_icl import config_lib
-from looped_icl import constructions
 from looped_icl import estimators
 from looped_icl import evaluate
 from looped_icl import extrapolation
@@ -65,6 +63,7 @@ LOOPS, QUICK_LOOPS = (1, 2, 5, 10), (2, 5)
 NS, QUICK_NS = (5, 10, 20, 40), (5, 20)
 QUICK_LAYERED_NS = (20,)
 EXTRAPOLATED = (2, 5)
+EXTRAPOLATED_NS = (5, 20)   # (b) at one n below d and one above (both in QUICK_NS)
 MAX_LOOPS = 25
 SETTINGS = {
     "train": {},
@@ -73,10 +72,6 @@ SETTINGS = {
 }
 EVAL_SAMPLES, QUICK_EVAL_SAMPLES = 20000, 4000
 GD_STEPS, QUICK_GD_STEPS = (1, 2, 5, 10, 25), (1, 5, 25)
-# A loop diverges on a prompt when the spectral radius of I - A^T S exceeds 1 + RADIUS_ATOL. At
-# n < d, S has d - n zero eigenvalues, so the radius is at least 1 exactly (the loop leaves the
-# error in S's null space as it is); float32 eigenvalues put it at 1 +- 1e-6, not above 1e-4.
-RADIUS_ATOL = 1e-4
 
 
 def _config(ctx: common.Context, num_loops: int, n: int, layered: bool = False):
@@ -98,28 +93,25 @@ def _trained(ctx: common.Context, num_loops: int, n: int, layered: bool = False)
   return config_lib.from_config(config), params
 
 
-def _loss_vs_loops(ctx: common.Context, n: int, index: int) -> tuple[list[dict], dict]:
-  """(a) at one n; also returns {L: (model, params, per-prompt losses over loops, samples)}."""
+def _loss_vs_loops(ctx: common.Context, n: int, index: int) -> tuple[list[dict], dict, object]:
+  """(a) at one n: the rows, {L: (experiment, params, per-prompt losses over loops)} of the looped
+  models, and the evaluation sample they share."""
   loops = QUICK_LOOPS if ctx.quick else LOOPS
   layered_here = not ctx.quick or n in QUICK_LAYERED_NS
+  first = config_lib.from_config(_config(ctx, loops[0], n))
+  task = first.task   # the same task for every L
+  samples = _eval_samples(ctx, first, index)
   rows, looped_models = [], {}
-  samples = None
   for num_loops in loops:
     exp, params = _trained(ctx, num_loops, n)
-    if samples is None:
-      samples = _eval_samples(ctx, exp, index)
-      gd_cfg, gd_params = constructions.gd(exp.task.d, 1, eta=1.0)
-    per_SxK = extrapolation.per_loop_losses(params, exp.model, exp.task, samples, MAX_LOOPS)
-    looped_models[num_loops] = (exp, params, per_SxK, samples)
+    per_SxK = extrapolation.per_loop_losses(params, exp.model, task, samples, MAX_LOOPS)
+    looped_models[num_loops] = (exp, params, per_SxK)
     looped_S = per_SxK[:, num_loops - 1]
-    eta, _ = baselines.best_gd_eta(exp.task, num_loops, samples)
-    # All MAX_LOOPS columns: the program the looped models' evaluation compiled.
-    gd_S = extrapolation.per_loop_losses({"a": eta * gd_params["a"]}, gd_cfg, exp.task, samples,
-                                         MAX_LOOPS)[:, num_loops - 1]
+    eta, gd_S = extrapolation.gd_best_step(task, samples, num_loops, MAX_LOOPS)
     looped, gd = estimators.estimate(looped_S, samples), estimators.estimate(gd_S, samples)
     ratio, ratio_se = estimators.paired_ratio(looped_S, gd_S, samples)
     a_DxD = np.asarray(params["a"], np.float64)
-    alignment = evaluate.alignment_with_inverse_covariance(a_DxD, exp.task.cov)
+    alignment = evaluate.alignment_with_inverse_covariance(a_DxD, task.cov)
     row = {"n": n, "L": num_loops, "looped": looped["value"], "looped_stderr": looped["stderr"],
            "looped_tail_index": looped["tail_index"], "gd_best_step": gd["value"],
            "gd_best_step_stderr": gd["stderr"], "gd_eta": eta, "looped_over_gd": ratio,
@@ -129,39 +121,40 @@ def _loss_vs_loops(ctx: common.Context, n: int, index: int) -> tuple[list[dict],
            "looped_max_abs_imag_eig": float(np.max(np.abs(np.linalg.eigvals(a_DxD).imag)))}
     if layered_here and num_loops > 1:
       lexp, lparams = _trained(ctx, num_loops, n, layered=True)
-      layered_S = np.asarray(losses.last_layer_loss_samples(lparams, lexp.model, lexp.task,
-                                                            samples), np.float64)
+      layered_S = np.asarray(losses.last_layer_loss_samples(lparams, lexp.model, task, samples),
+                             np.float64)
       diff = estimators.estimate(layered_S - looped_S, samples)
       layered = estimators.estimate(layered_S, samples)
       row.update(layered=layered["value"], layered_stderr=layered["stderr"],
                  layered_tail_index=layered["tail_index"], layered_minus_looped=diff["value"],
                  layered_minus_looped_stderr=diff["stderr"])
     rows.append(row)
-  return rows, looped_models
+  return rows, looped_models, samples
 
 
-def _extrapolation(ctx: common.Context, n: int, looped_models: dict) -> tuple[list, dict]:
-  """(b) at one n: the models trained with EXTRAPOLATED loops, run for 1..MAX_LOOPS loops."""
+def _extrapolation(ctx: common.Context, n: int, looped_models: dict,
+                   train_samples) -> tuple[list, dict]:
+  """(b) at one n: the models trained with EXTRAPOLATED loops, run for 1..MAX_LOOPS loops; in
+  distribution on (a)'s sample and its per-prompt losses."""
   rows, summary = [], {}
   for index, (setting, overrides) in enumerate(SETTINGS.items()):
     config = _config(ctx, EXTRAPOLATED[0], n)
     config.task.update(overrides)
-    exp = config_lib.from_config(config)
-    samples = (looped_models[EXTRAPOLATED[0]][3] if not overrides
-               else _eval_samples(ctx, exp, 10 * n + index))
+    task = config_lib.from_config(config).task
+    samples = (train_samples if not overrides else
+               _eval_samples(ctx, config_lib.from_config(config), 10 * n + index))
     name = f"{setting}_n{n}"
     summary[name] = {}
     for num_loops in EXTRAPOLATED:
-      model, params = looped_models[num_loops][:2]
-      per_SxK = (looped_models[num_loops][2] if not overrides else
-                 extrapolation.per_loop_losses(params, model.model, exp.task, samples, MAX_LOOPS))
+      exp, params, per_SxK = looped_models[num_loops]
+      if overrides:
+        per_SxK = extrapolation.per_loop_losses(params, exp.model, task, samples, MAX_LOOPS)
       rows.extend(extrapolation.loop_rows(name, f"trained_L{num_loops}", per_SxK, samples))
       summary[name][f"trained_L{num_loops}"] = dict(
           extrapolation.summary(per_SxK, num_loops, samples),
-          diverging_prompt_fraction=extrapolation.diverging_fraction(params, samples,
-                                                                     atol=RADIUS_ATOL))
+          diverging_prompt_fraction=extrapolation.diverging_fraction(params, samples))
     gd_rows, summary[name]["gd_own_step"] = extrapolation.gd_own_step(
-        name, exp.task, samples, QUICK_GD_STEPS if ctx.quick else GD_STEPS, MAX_LOOPS)
+        name, task, samples, QUICK_GD_STEPS if ctx.quick else GD_STEPS, MAX_LOOPS)
     rows.extend(gd_rows)
   return rows, summary
 
@@ -190,10 +183,10 @@ def run(ctx: common.Context) -> dict:
   """Runs (a) and (b) for every n; writes the CSVs and PNGs; returns the headline numbers."""
   loss_rows, loop_rows, extrapolated = [], [], {}
   for index, n in enumerate(QUICK_NS if ctx.quick else NS):
-    rows, looped_models = _loss_vs_loops(ctx, n, index)
+    rows, looped_models, samples = _loss_vs_loops(ctx, n, index)
     loss_rows.extend(rows)
-    if n in (min(NS), 20):   # one n below d and one above
-      more_rows, summary = _extrapolation(ctx, n, looped_models)
+    if n in EXTRAPOLATED_NS:
+      more_rows, summary = _extrapolation(ctx, n, looped_models, samples)
       loop_rows.extend(more_rows)
       extrapolated.update(summary)
   common.write_csv(ctx, "gatmiry_section5_loss_vs_L.csv", loss_rows)
