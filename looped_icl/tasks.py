@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from looped_icl import bartlett
 from looped_icl import covariance as cov_lib
 from looped_icl import linalg
 from looped_icl import validation
@@ -225,106 +226,6 @@ def as_gram(batch, name: str = "batch") -> GramTasks:
   return batch
 
 
-def chi_square(key: jax.Array, dofs_K, batch_size: int) -> jax.Array:
-  """Exact chi^2 draws, (B, K): column k has ``dofs_K[k]`` >= 0 degrees of freedom (0 gives 0).
-
-  chi^2_k = 2 Gamma(k / 2), Gamma by Marsaglia and Tsang's squeeze-free rejection method
-  (ACM TOMS 26(3), 2000) run on the whole array at once: every pass draws one normal and one
-  uniform per entry (from a single uniform draw, the normal as ``jax.random.normal`` makes it:
-  each random call is its own loop on CPU), keeps the entries not yet accepted, and stops when
-  all are (a few passes; acceptance is >= 95% per entry for shape >= 1). Shapes below 1 use
-  Gamma(a) = Gamma(a + 1) U^(1/a); concrete (NumPy) ``dofs_K`` all >= 2 skip that draw.
-  ``jax.random.gamma`` loops per entry with a key split per try, 10x slower at B = 4000
-  (BUILD_NOTES.md, Performance).
-  """
-  needs_boost = isinstance(dofs_K, jax.Array) or bool(np.any(np.asarray(dofs_K) < 2))
-  dofs_K = jnp.asarray(dofs_K)
-  dtype = dofs_K.dtype
-  shape = (batch_size, dofs_K.shape[0])
-  dofs_1xK = dofs_K[None, :]
-  a_K = dofs_1xK / 2.0
-  boost_K = a_K < 1.0
-  d_K = jnp.where(boost_K, a_K + 1.0, a_K) - 1.0 / 3.0
-  c_K = 1.0 / jnp.sqrt(9.0 * d_K)
-  k_boost, k_passes = jax.random.split(key)
-  lowest = np.nextafter(np.asarray(-1.0, dtype), np.asarray(0.0, dtype))
-
-  def candidates(index):
-    u_2xBxK = jax.random.uniform(jax.random.fold_in(k_passes, index), (2,) + shape, dtype)
-    x = np.sqrt(2.0).astype(dtype) * jax.lax.erf_inv(jnp.maximum(2.0 * u_2xBxK[0] - 1.0, lowest))
-    u = u_2xBxK[1]
-    v = (1.0 + c_K * x) ** 3
-    v_safe = jnp.where(v > 0, v, 1.0)
-    ok = (v > 0) & (jnp.log(u) < 0.5 * x * x + d_K - d_K * v_safe + d_K * jnp.log(v_safe))
-    return d_K * v_safe, ok
-
-  def cond(state):
-    return ~jnp.all(state[2])
-
-  def body(state):
-    index, value, done = state
-    new_value, ok = candidates(index)
-    return index + 1, jnp.where(done, value, new_value), done | ok
-
-  # Pass 0 runs inside the loop too (nothing is accepted at the start, so it always runs): one
-  # copy of the candidates' program instead of two, the same draws (chi_square alone compiles
-  # 0.95 -> 0.64 s; bit-equal, BUILD_NOTES.md).
-  nothing = (jnp.asarray(0, jnp.uint32), jnp.zeros(shape, dtype), jnp.zeros(shape, bool))
-  _, gamma, _ = jax.lax.while_loop(cond, body, nothing)
-  if needs_boost:
-    u = jax.random.uniform(k_boost, shape, dtype, minval=jnp.finfo(dtype).tiny)
-    gamma = jnp.where(boost_K, gamma * u ** (1.0 / jnp.where(boost_K, a_K, 1.0)), gamma)
-  return jnp.where(dofs_1xK > 0, 2.0 * gamma, 0.0)
-
-
-def _bartlett_chi_square(key: jax.Array, n: int, d: int, batch_size: int, dtype, *,
-                         residual: bool = True) -> jax.Array:
-  """(B, d) chi-squares with dofs n, n-1, ..., n-d+1 (diag(A)^2), then with ``residual`` a
-  column with n-d (the residual sum of squares)."""
-  dofs = n - np.arange(d + 1 if residual else d)
-  return chi_square(key, dofs.astype(dtype), batch_size)
-
-
-def _bartlett_bl(chi2_BxD: jax.Array, below_OxB: jax.Array) -> jax.Array:
-  """The batch-last Bartlett factor A, (d, d, B): sqrt(chi^2) on the diagonal, the d(d-1)/2
-  normals ``below_OxB`` below it (row by row), zeros above (no normals drawn for them)."""
-  d = chi2_BxD.shape[1]
-  zero_B = jnp.zeros(chi2_BxD.shape[:1], chi2_BxD.dtype)
-  entries = [[jnp.sqrt(chi2_BxD[:, i]) if i == j else zero_B for j in range(d)]
-             for i in range(d)]
-  for index, (i, j) in enumerate(zip(*np.tril_indices(d, -1))):
-    entries[i][j] = below_OxB[index]
-  return jnp.stack([jnp.stack(row) for row in entries])
-
-
-def _bartlett_gram_bl(chol_DxD: jax.Array, chi2_BxD: jax.Array, below_OxB: jax.Array, one):
-  """(C, X^T X), batch-last (d, d, B) each: X = Q C^T with C = L A (L the Cholesky factor of
-  Sigma, A the Bartlett factor), so X^T X = C C^T."""
-  d, batch = chi2_BxD.shape[1], chi2_BxD.shape[0]
-  a_DxDxB = _bartlett_bl(chi2_BxD, below_OxB)
-  c_DxDxB = (chol_DxD @ a_DxDxB.reshape(d, d * batch)).reshape(d, d, batch)
-  return c_DxDxB, linalg.mm_bl_unrolled(c_DxDxB, linalg.t_bl(c_DxDxB), one)
-
-
-def bartlett_factor(key: jax.Array, n: int, d: int, batch_size: int, dtype) -> jax.Array:
-  """Lower-triangular A with A A^T ~ Wishart_d(n, I) (Bartlett decomposition; needs n >= d).
-
-  diag(A)^2 ~ chi^2_{n-i} (i = 0..d-1) and the entries below the diagonal are N(0, 1), all
-  independent. Returns (B, d, d).
-  """
-  n = validation.positive_int("n", n)
-  d = validation.positive_int("d", d)
-  batch_size = validation.positive_int("batch_size", batch_size)
-  if n < d:
-    raise ValueError(f"n must be >= d={d} for the Bartlett decomposition, got {n}")
-  k_chi, k_below = jax.random.split(key)
-  # The residual column (chi^2_{n-d}) is drawn and dropped: the chi-square draws of the first d
-  # columns depend on the array's shape, so a key keeps giving the same factor.
-  chi2_BxD = _bartlett_chi_square(k_chi, n, d, batch_size, dtype)[:, :d]
-  below_OxB = jax.random.normal(k_below, (d * (d - 1) // 2, batch_size), dtype)
-  return jnp.moveaxis(_bartlett_bl(chi2_BxD, below_OxB), -1, 0)
-
-
 def uses_bartlett(task: TaskDistribution) -> bool:
   """Whether :func:`sample_gram` can skip drawing X for this task distribution."""
   return task.design == "gaussian" and task.random_cov_kappa is None and task.n >= task.d
@@ -345,7 +246,7 @@ def sample_gram(key: jax.Array, task: TaskDistribution, batch_size: int) -> Gram
   sigma = task.noise_std
   k_cov, k_chi, k_normal = jax.random.split(key, 3)
   chol, w_factor = _factors(k_cov, task, batch_size)
-  chi2_BxK = _bartlett_chi_square(k_chi, n, d, batch_size, dtype)
+  chi2_BxK = bartlett.chi_square_columns(k_chi, n, d, batch_size, dtype)
   # Every normal in one draw (each random call is a separate loop on CPU), batch-last:
   # rows = d(d-1)/2 below the Bartlett diagonal, then u, g_w, g_q (d each) and the query noise.
   num_below = d * (d - 1) // 2
@@ -353,7 +254,7 @@ def sample_gram(key: jax.Array, task: TaskDistribution, batch_size: int) -> Gram
   u_DxB, gw_DxB, gq_DxB = (z_ZxB[num_below + i * d:num_below + (i + 1) * d] for i in range(3))
   eps_q_B = z_ZxB[-1]
   one = linalg.opaque_one(dtype)
-  c_DxDxB, xtx_DxDxB = _bartlett_gram_bl(chol, chi2_BxK[:, :d], z_ZxB[:num_below], one)
+  c_DxDxB, xtx_DxDxB = bartlett.gram_bl(chol, chi2_BxK[:, :d], z_ZxB[:num_below], one)
   w_DxB = w_factor @ gw_DxB
   xte_DxB = sigma * linalg.mm_bl_unrolled(c_DxDxB, u_DxB[:, None, :], one)[:, 0]  # X^T eps
   xtx_w_DxB = linalg.mm_bl_unrolled(xtx_DxDxB, w_DxB[:, None, :], one)[:, 0]
@@ -381,9 +282,9 @@ def sample_empirical_covariance(key: jax.Array, task: TaskDistribution, num: int
   d, dtype = task.d, task.cov.dtype
   k_cov, k_chi, k_below = jax.random.split(key, 3)
   chol, _ = _factors(k_cov, task, num)
-  chi2_BxD = _bartlett_chi_square(k_chi, task.n, d, num, dtype, residual=False)
+  chi2_BxD = bartlett.chi_square_columns(k_chi, task.n, d, num, dtype, residual=False)
   below_OxB = jax.random.normal(k_below, (d * (d - 1) // 2, num), dtype)
-  _, xtx_DxDxB = _bartlett_gram_bl(chol, chi2_BxD, below_OxB, linalg.opaque_one(dtype))
+  _, xtx_DxDxB = bartlett.gram_bl(chol, chi2_BxD, below_OxB, linalg.opaque_one(dtype))
   return jnp.moveaxis(xtx_DxDxB, -1, 0) / task.n
 
 
@@ -395,7 +296,6 @@ def split_gram(gram: GramTasks):
 
 __all__ = [
     "TaskDistribution", "Tasks", "GramTasks", "make_task", "sample_tasks", "to_prompt", "to_gram",
-    "sample_gram", "sample_empirical_covariance", "bartlett_factor", "chi_square", "uses_bartlett",
-    "split_gram", "as_gram", "as_float64", "require_one_covariance",
+    "sample_gram", "sample_empirical_covariance", "uses_bartlett", "split_gram", "as_gram", "as_float64", "require_one_covariance",
     "WEIGHT_PRIORS", "DESIGNS",
 ]

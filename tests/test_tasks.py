@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy import stats
 
 from looped_icl import covariance
 from looped_icl import tasks
@@ -312,40 +311,6 @@ def test_sample_gram_variance_of_yty_matches():
   _assert_mean(sq_tok, expected, "tokens Var(y^T y)")
   _assert_mean(sq_bar, expected, "bartlett Var(y^T y)")
   _assert_same_mean(sq_tok, sq_bar, "tokens vs bartlett Var(y^T y)")
-
-
-def test_chi_square_matches_the_chi_square_law():
-  """Each column is chi^2 with its dofs (0 gives 0; shapes below 1 take the boost branch):
-  Kolmogorov-Smirnov against scipy's CDF (p > 1e-3 at this fixed key) and the mean within 4 SE.
-  The columns are independent: their correlations are within 4 / sqrt(B) of 0."""
-  dofs = np.array([0.0, 1.0, 2.0, 3.0, 15.0, 2000.0])
-  draws = _np(tasks.chi_square(jax.random.key(40), jnp.asarray(dofs, jnp.float32), BATCH))
-  assert draws.shape == (BATCH, dofs.size)
-  np.testing.assert_array_equal(draws[:, 0], 0.0)
-  for k, column in zip(dofs[1:], draws[:, 1:].T):
-    assert np.all(column > 0)
-    assert stats.kstest(column, stats.chi2(k).cdf).pvalue > 1e-3, k
-    _assert_mean(column, k, f"E chi^2_{k:g}")
-  corr = np.corrcoef(draws[:, 1:].T)
-  np.testing.assert_array_less(np.abs(corr - np.eye(dofs.size - 1)), 4 / np.sqrt(BATCH))
-
-
-def test_bartlett_factor_law():
-  """A lower triangular, A_ii^2 ~ chi^2_{n-i} (i = 0..d-1), A_ij ~ N(0, 1) below the diagonal."""
-  n = N
-  a = _np(tasks.bartlett_factor(jax.random.key(24), n, D, BATCH, jnp.float32))
-  assert a.shape == (BATCH, D, D)
-  np.testing.assert_array_equal(a[:, np.triu_indices(D, 1)[0], np.triu_indices(D, 1)[1]], 0.0)
-  diag = np.diagonal(a, axis1=1, axis2=2)
-  assert np.all(diag > 0)
-  dofs = n - np.arange(D)
-  _assert_mean(diag ** 2, dofs, "E A_ii^2")
-  _assert_mean(diag ** 4, dofs * (dofs + 2), "E A_ii^4")
-  low = a[:, np.tril_indices(D, -1)[0], np.tril_indices(D, -1)[1]]
-  _assert_mean(low, np.zeros(low.shape[1]), "E A_ij")
-  _assert_mean(low ** 2, np.ones(low.shape[1]), "E A_ij^2")
-  # A A^T ~ Wishart_d(n, I): E = n I.
-  _assert_mean(np.einsum("bij,bkj->bik", a, a), n * np.eye(D), "E A A^T")
 
 
 def test_sample_gram_falls_back_when_n_below_d():

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from looped_icl import attention
+from looped_icl import bartlett
 from looped_icl import constructions
 from looped_icl import covariance
 from looped_icl import losses
@@ -158,7 +159,7 @@ CASES = {
         lambda: tasks.sample_empirical_covariance(jax.random.key(0), _task(), 0),
         r"^num must be an integer >= 1"),
     "bartlett n below d": (
-        lambda: tasks.bartlett_factor(jax.random.key(0), 2, D, 4, jnp.float32),
+        lambda: bartlett.bartlett_factor(jax.random.key(0), 2, D, 4, jnp.float32),
         r"^n must be >= d=3"),
     "to_prompt y shape": (lambda: tasks.to_prompt(_bad_tasks("y")), r"^tasks.y must have shape"),
     "to_prompt x_query shape": (lambda: tasks.to_prompt(_bad_tasks("x_query")),
@@ -300,7 +301,7 @@ def test_valid_boundary_values_are_accepted():
   assert task.n == 1 and task.d == 1 and float(task.noise_std) == 0.0
   assert tasks.make_task(EYE, N, random_cov_kappa=1.0).random_cov_kappa == 1.0
   # n == d (batch shape of tests/test_tasks.py, so the gamma sampler compiles once).
-  a = np.asarray(tasks.bartlett_factor(jax.random.key(0), D, D, 50_000, jnp.float32))
+  a = np.asarray(bartlett.bartlett_factor(jax.random.key(0), D, D, 50_000, jnp.float32))
   assert np.all(np.isfinite(a)) and np.all(np.diagonal(a, axis1=1, axis2=2) > 0)
   assert validation.positive_int("n", np.int64(3)) == 3
 

@@ -48,38 +48,15 @@ N = 20
 LABELS = ahn_curves.family_labels("L")
 
 
-# Short legend labels (the CSV and results.json use the family names).
-_SHORT = {"paper_model": "paper model (B, A free)", "transformer": "A only, trained",
-          "optimum": "A only, optimum", "general": "general A, solver",
-          "pgd": "L-step PGD (Sigma^-1)", "gd": "L-step GD"}
-
-
 def _figure(ctx: common.Context, rows: list[dict], curve: np.ndarray) -> str:
   depths = [r["layers"] for r in rows]
-  trained = ("paper_model", "transformer")
-  # Left: the paper's measure (a test batch of fresh prompts) for the two trained models, next to
-  # the A-only family's population losses (light-tailed: a test batch reads the same).
-  series = [common.Series(f"{_SHORT[name]}, test batch", depths, [r[f"{name}_test"] for r in rows],
-                          yerr=[r[f"{name}_test_stderr"] for r in rows], style="s-")
-            for name in trained]
-  series += [common.Series(_SHORT[name], depths, [r[name] for r in rows],
-                           yerr=[r[f"{name}_stderr"] for r in rows], style="o:")
-             for name in LABELS if name in rows[0] and name not in trained]
-  # Middle: population means (importance-sampled): the paper model's is carried by rare prompts.
-  population = [common.Series(f"{_SHORT[name]}, mean", depths, [r[name] for r in rows],
-                              yerr=[r[f"{name}_stderr"] for r in rows]) for name in trained]
-  population += [common.Series(f"{_SHORT[name]}, median", depths,
-                               [r[f"{name}_test_median"] for r in rows], style="x--")
-                 for name in trained]
-  training = [common.Series(f"L = {v}", curve[:, 0], curve[:, k + 1], style="-")
-              for k, v in enumerate(depths)]
+  series, population = ahn_paper_model.figure_series(rows, "layers", LABELS, "L")
   return common.line_figure(ctx, "loss_vs_depth.png", [
       common.Panel(series, "L (layers / steps)", "in-context loss", logy=True,
                    title=f"loss vs L, N = {N} (test batch of {ahn_paper_model.TEST_TASKS})"),
       common.Panel(population, "L (layers / steps)", "in-context loss", logy=True,
                    title="population mean (tail index in the CSV), median prompt"),
-      common.Panel(training, "Adam step", "training loss (chunk mean)", logy=True,
-                   title="training of the A-only transformers")],
+      common.training_panel(curve, depths, "L", "training of the A-only transformers")],
       suptitle="Ahn et al. 2023, Fig 7: d = 5, rotated Sigma, w* ~ N(0, Sigma^-1)")
 
 
@@ -134,13 +111,5 @@ def run(ctx: common.Context) -> dict:
       "paper_c": list(ahn_curves.PAPER_STEPS_L3),
       "solver_c": sorted(float(v) for v in three["optimum_steps"].split()),
       "trained_c": sorted(float(v) for v in three["transformer_steps"].split()),
-      # The paper's model (B_l and A_l free, the official recipe and selection) and ours with P
-      # sparse (B_l = 0, A_l only), by L, in the paper's measure: the test-batch mean squared
-      # error (ahn_paper_model.held_out_losses). Their population losses are the rows'
-      # paper_model and transformer; the paper model's is heavy-tailed (tail index in the CSV).
-      "paper_model": {str(r["layers"]): r["paper_model_test"] for r in rows},
-      "sparse_p": {str(r["layers"]): r["transformer_test"] for r in rows},
-      "paper_model_population": {
-          str(r["layers"]): {"value": r["paper_model"], "stderr": r["paper_model_stderr"],
-                             "tail_index": r["paper_model_tail_index"]} for r in rows},
+      **ahn_paper_model.results_by(rows, "layers"),
   }

@@ -12,7 +12,7 @@ is part of :func:`looped_icl.reproduce.ahn_curves.evaluate_sweep`.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -31,11 +31,15 @@ PAPER_CONFIG = "ahn_paper_model"
 
 
 def train_points(ctx: common.Context, exp: config_lib.Experiment, ns: Sequence[int],
-                       depths: Sequence[int]) -> tuple[list[dict], list[dict]]:
+                 depths: Sequence[int], *, config_name: str = PAPER_CONFIG,
+                 learning_rate: Callable[[int], float] | None = None
+                 ) -> tuple[list[dict], list[dict]]:
   """The paper's model at each point: the official code's ``Transformer_F`` (our layered gdpp
-  family, B_l and A_l free) trained with its recipe (configs/ahn_paper_model.py) in
-  ``runs/paper_n=N,L=L``, then the best of its last saved iterates on a validation batch
-  (:func:`looped_icl.selection.best_checkpoint`), as the official notebooks pick.
+  family, B_l and A_l free) trained with its recipe (``config_name``: configs/ahn_paper_model.py,
+  Fig 7's; configs/ahn_paper_model_vs_n.py, Fig 6's) in ``runs/paper_n=N,L=L``, then the best of
+  its last saved iterates on a validation batch (:func:`looped_icl.selection.best_checkpoint`),
+  as the official notebooks pick. ``learning_rate(n)``, if given, sets the rate at each N (the
+  Fig 6 notebook's depends on N).
 
   Returns:
     (params, picks): ``params[k]`` {"a", "b"} of point k, (L, d, d) float64 NumPy; ``picks[k]``
@@ -43,11 +47,13 @@ def train_points(ctx: common.Context, exp: config_lib.Experiment, ns: Sequence[i
   """
   params, picks = [], []
   for n, depth in zip(ns, depths):
-    config = common.load_config(PAPER_CONFIG, ctx)
+    config = common.load_config(config_name, ctx)
     config.task.n, config.model.num_layers = n, depth
+    if learning_rate is not None:
+      config.train.learning_rate = learning_rate(n)
     paper = config_lib.from_config(config)
     if not np.array_equal(np.asarray(paper.task.cov), np.asarray(exp.task.cov)):
-      raise ValueError(f"{PAPER_CONFIG}'s Sigma differs from the sweep's: the families would not "
+      raise ValueError(f"{config_name}'s Sigma differs from the sweep's: the families would not "
                        f"be compared on one task")
     name = f"paper_n={n},L={depth}"
     # Trained only (its summary and its latest params are not what is reported): the pick below
@@ -107,3 +113,53 @@ def held_out_losses(exp: config_lib.Experiment, ns: Sequence[int], depths: Seque
       row["paper_model_wins_test_stderr"] = float(np.sqrt(wins * (1 - wins) / diff_T.size))
       rows.append(row)
   return rows
+
+
+TRAINED = ("paper_model", "transformer")
+
+
+def short_labels(depth: str) -> dict[str, str]:
+  """Short legend labels of the families at ``depth`` ("3", or "L" for a sweep over depth)."""
+  return {"paper_model": "paper model (B, A free)", "transformer": "A only, trained",
+          "optimum": "A only, optimum", "general": "general A, solver",
+          "pgd": f"{depth}-step PGD (Sigma^-1)", "gd": f"{depth}-step GD"}
+
+
+def figure_series(rows: Sequence[dict], x_key: str, families: Sequence[str], depth: str
+                  ) -> tuple[list[common.Series], list[common.Series]]:
+  """The two loss panels' lines of a sweep against ``rows[k][x_key]``.
+
+  First: the paper's measure (the test-batch mean, +- its standard error) for the two trained
+  models, next to the population losses of the other ``families`` (light-tailed: a test batch
+  reads the same). Second: the two trained models' population means (importance-sampled; the
+  paper model's is carried by rare prompts) and their median prompts.
+  """
+  x = [r[x_key] for r in rows]
+  short = short_labels(depth)
+  measure = [common.Series(f"{short[name]}, test batch", x, [r[f"{name}_test"] for r in rows],
+                           yerr=[r[f"{name}_test_stderr"] for r in rows], style="s-")
+             for name in TRAINED]
+  measure += [common.Series(short[name], x, [r[name] for r in rows],
+                            yerr=[r[f"{name}_stderr"] for r in rows], style="o:")
+              for name in families if name in rows[0] and name not in TRAINED]
+  population = [common.Series(f"{short[name]}, mean", x, [r[name] for r in rows],
+                              yerr=[r[f"{name}_stderr"] for r in rows]) for name in TRAINED]
+  population += [common.Series(f"{short[name]}, median", x,
+                               [r[f"{name}_test_median"] for r in rows], style="x--")
+                 for name in TRAINED]
+  return measure, population
+
+
+def results_by(rows: Sequence[dict], x_key: str) -> dict:
+  """The paper's model (B_l and A_l free, the official recipe and selection) and ours with P
+  sparse (B_l = 0, A_l only) at each ``rows[k][x_key]``, in the paper's measure: the test-batch
+  mean squared error (:func:`held_out_losses`). Their population losses are the rows'
+  ``paper_model`` and ``transformer``; the paper model's is heavy-tailed (its tail index here)."""
+  return {
+      "paper_model": {str(r[x_key]): r["paper_model_test"] for r in rows},
+      "sparse_p": {str(r[x_key]): r["transformer_test"] for r in rows},
+      "paper_model_population": {
+          str(r[x_key]): {"value": r["paper_model"], "stderr": r["paper_model_stderr"],
+                          "tail_index": r["paper_model_tail_index"]} for r in rows},
+      "paper_model_wins_test": {str(r[x_key]): r["paper_model_wins_test"] for r in rows},
+  }
