@@ -29,6 +29,17 @@ def assert_rel_close(actual, expected, rel):
   assert err <= rel * scale, f"max error {err:.3g} > {rel:.1g} * {scale:.3g}"
 
 
+def assert_mean_within(samples, expected, what, num_se=4.0):
+  """Mean over axis 0 within ``num_se`` standard errors (sample std / sqrt(N)) of ``expected``,
+  entrywise, in NumPy float64."""
+  samples = np.asarray(samples, np.float64)
+  expected = np.broadcast_to(np.asarray(expected, np.float64), samples.shape[1:])
+  mean = samples.mean(axis=0)
+  se = samples.std(axis=0, ddof=1) / np.sqrt(samples.shape[0])
+  z = np.abs(mean - expected) / np.maximum(se, 1e-300)
+  assert np.all(z <= num_se), f"{what}: mean {mean}, expected {expected}, SE {se}, z {z}"
+
+
 def numpy_tasks(seed, cov, n, batch_size, noise_std):
   """Token-level tasks drawn in numpy (x ~ N(0, cov), w* ~ N(0, I), Gaussian label noise), in
   the library's Tasks container."""

@@ -4,16 +4,14 @@ Laws are checked by Monte Carlo in NumPy float64 on the raw arrays: a mean passe
 standard errors (SE = sample std / sqrt(B)), a distribution by Kolmogorov-Smirnov at a fixed key.
 """
 
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
 from looped_icl import bartlett
+import reference  # tests/reference.py: shared NumPy references
 
-NUM_SE = 4.0
 D = 3
 N = 8
 BATCH = 50_000      # the batch shape of tests/test_tasks.py's float32 draws
@@ -21,16 +19,6 @@ BATCH = 50_000      # the batch shape of tests/test_tasks.py's float32 draws
 
 def _np(x):
   return np.asarray(x, dtype=np.float64)
-
-
-def _assert_mean(samples, expected, what):
-  """Mean over axis 0 within NUM_SE standard errors of ``expected`` (entrywise)."""
-  samples = _np(samples)
-  expected = np.broadcast_to(_np(expected), samples.shape[1:])
-  mean = samples.mean(axis=0)
-  se = samples.std(axis=0, ddof=1) / math.sqrt(samples.shape[0])
-  z = np.abs(mean - expected) / np.maximum(se, 1e-300)
-  assert np.all(z <= NUM_SE), f"{what}: mean {mean}, expected {expected}, SE {se}, z {z}"
 
 
 def test_chi_square_matches_the_chi_square_law():
@@ -44,7 +32,7 @@ def test_chi_square_matches_the_chi_square_law():
   for k, column in zip(dofs[1:], draws[:, 1:].T):
     assert np.all(column > 0)
     assert stats.kstest(column, stats.chi2(k).cdf).pvalue > 1e-3, k
-    _assert_mean(column, k, f"E chi^2_{k:g}")
+    reference.assert_mean_within(column, k, f"E chi^2_{k:g}")
   corr = np.corrcoef(draws[:, 1:].T)
   np.testing.assert_array_less(np.abs(corr - np.eye(dofs.size - 1)), 4 / np.sqrt(BATCH))
 
@@ -58,10 +46,10 @@ def test_bartlett_factor_law():
   diag = np.diagonal(a, axis1=1, axis2=2)
   assert np.all(diag > 0)
   dofs = n - np.arange(D)
-  _assert_mean(diag ** 2, dofs, "E A_ii^2")
-  _assert_mean(diag ** 4, dofs * (dofs + 2), "E A_ii^4")
+  reference.assert_mean_within(diag ** 2, dofs, "E A_ii^2")
+  reference.assert_mean_within(diag ** 4, dofs * (dofs + 2), "E A_ii^4")
   low = a[:, np.tril_indices(D, -1)[0], np.tril_indices(D, -1)[1]]
-  _assert_mean(low, np.zeros(low.shape[1]), "E A_ij")
-  _assert_mean(low ** 2, np.ones(low.shape[1]), "E A_ij^2")
+  reference.assert_mean_within(low, np.zeros(low.shape[1]), "E A_ij")
+  reference.assert_mean_within(low ** 2, np.ones(low.shape[1]), "E A_ij^2")
   # A A^T ~ Wishart_d(n, I): E = n I.
-  _assert_mean(np.einsum("bij,bkj->bik", a, a), n * np.eye(D), "E A A^T")
+  reference.assert_mean_within(np.einsum("bij,bkj->bik", a, a), n * np.eye(D), "E A A^T")

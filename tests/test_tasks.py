@@ -16,6 +16,7 @@ import pytest
 
 from looped_icl import covariance
 from looped_icl import tasks
+import reference  # tests/reference.py: shared NumPy references
 
 NUM_SE = 4.0
 D = 3
@@ -42,16 +43,6 @@ def _np(x):
 
 def _leaves(tree):
   return [np.asarray(a) for a in jax.tree.leaves(tree)]
-
-
-def _assert_mean(samples, expected, what):
-  """Mean over axis 0 within NUM_SE standard errors of ``expected`` (entrywise)."""
-  samples = _np(samples)
-  expected = np.broadcast_to(_np(expected), samples.shape[1:])
-  mean = samples.mean(axis=0)
-  se = samples.std(axis=0, ddof=1) / math.sqrt(samples.shape[0])
-  z = np.abs(mean - expected) / np.maximum(se, 1e-300)
-  assert np.all(z <= NUM_SE), f"{what}: mean {mean}, expected {expected}, SE {se}, z {z}"
 
 
 def _assert_same_mean(a, b, what):
@@ -127,7 +118,7 @@ def _closed_forms(sigma, sigma_w, n, s2, with_rss=True):
 
 def _check_against_closed_forms(feats, forms, label):
   for name, expected in forms.items():
-    _assert_mean(feats[name], expected, f"{label} {name}")
+    reference.assert_mean_within(feats[name], expected, f"{label} {name}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -215,15 +206,15 @@ def test_covariates_have_covariance_sigma_for_every_design(design):
   batch = tasks.sample_tasks(jax.random.key(10), _task(design=design), BATCH)
   x = np.concatenate([_np(batch.x), _np(batch.x_query)[:, None, :]], axis=1).reshape(-1, D)
   assert x.shape == (BATCH * (N + 1), D)
-  _assert_mean(np.einsum("ki,kj->kij", x, x), sigma, f"{design} E[x x^T]")
-  _assert_mean(x, np.zeros(D), f"{design} E[x]")
+  reference.assert_mean_within(np.einsum("ki,kj->kij", x, x), sigma, f"{design} E[x x^T]")
+  reference.assert_mean_within(x, np.zeros(D), f"{design} E[x]")
   z = np.linalg.solve(np.linalg.cholesky(sigma), x.T).T
-  _assert_mean(np.abs(z), np.full(D, ABS_MEAN[design]), f"{design} E|z|")
+  reference.assert_mean_within(np.abs(z), np.full(D, ABS_MEAN[design]), f"{design} E|z|")
   if design == "sphere":  # ||z||^2 = d exactly, for every vector.
     np.testing.assert_allclose(np.sum(z ** 2, axis=1), D, rtol=1e-4)
   # Labels keep the regression model for every design: y - <x, w> is N(0, s^2) noise.
   resid = _np(batch.y) - np.einsum("bni,bi->bn", _np(batch.x), _np(batch.w))
-  _assert_mean(resid.reshape(-1) ** 2, NOISE ** 2, f"{design} noise variance")
+  reference.assert_mean_within(resid.reshape(-1) ** 2, NOISE ** 2, f"{design} noise variance")
 
 
 def test_designs_differ_from_each_other():
@@ -243,8 +234,8 @@ def test_weights_follow_the_prior(weight_prior):
   task = _task(weight_prior=weight_prior)
   np.testing.assert_allclose(_np(task.weight_cov), sigma_w, rtol=1e-4, atol=1e-4)
   w = _np(tasks.sample_tasks(jax.random.key(11), task, BATCH).w)
-  _assert_mean(w, np.zeros(D), f"{weight_prior} E[w]")
-  _assert_mean(np.einsum("bi,bj->bij", w, w), sigma_w, f"{weight_prior} E[w w^T]")
+  reference.assert_mean_within(w, np.zeros(D), f"{weight_prior} E[w]")
+  reference.assert_mean_within(np.einsum("bi,bj->bij", w, w), sigma_w, f"{weight_prior} E[w w^T]")
 
 
 def test_labels_are_linear_plus_noise_of_variance_s2():
@@ -256,9 +247,9 @@ def test_labels_are_linear_plus_noise_of_variance_s2():
   assert abs(np.mean(resid ** 2) - NOISE ** 2) <= NUM_SE * NOISE ** 2 * math.sqrt(2 / num)
   assert abs(np.mean(resid)) <= NUM_SE * NOISE / math.sqrt(num)
   # The noise is independent of the covariates: E[eps x] = 0.
-  _assert_mean(resid[:, None] * x.reshape(-1, D), np.zeros(D), "E[eps x]")
+  reference.assert_mean_within(resid[:, None] * x.reshape(-1, D), np.zeros(D), "E[eps x]")
   resid_q = _np(batch.y_query) - np.einsum("bi,bi->b", _np(batch.x_query), w)
-  _assert_mean(resid_q ** 2, NOISE ** 2, "query noise variance")
+  reference.assert_mean_within(resid_q ** 2, NOISE ** 2, "query noise variance")
 
 
 def test_noiseless_labels_are_exactly_linear():
@@ -308,8 +299,8 @@ def test_sample_gram_variance_of_yty_matches():
   yty_bar = _stats_from_gram(tasks.sample_gram(jax.random.key(23), task, BATCH))[2]
   sq_tok = (yty_tok - yty_tok.mean()) ** 2
   sq_bar = (yty_bar - yty_bar.mean()) ** 2
-  _assert_mean(sq_tok, expected, "tokens Var(y^T y)")
-  _assert_mean(sq_bar, expected, "bartlett Var(y^T y)")
+  reference.assert_mean_within(sq_tok, expected, "tokens Var(y^T y)")
+  reference.assert_mean_within(sq_bar, expected, "bartlett Var(y^T y)")
   _assert_same_mean(sq_tok, sq_bar, "tokens vs bartlett Var(y^T y)")
 
 
@@ -377,11 +368,11 @@ def test_per_task_random_covariance():
   assert not tasks.uses_bartlett(task)
   batch = tasks.sample_gram(jax.random.key(29), task, BATCH)
   gram, w = _np(batch.gram), _np(batch.w)
-  _assert_mean(gram[:, d, d], N * (d + NOISE ** 2), "E y^T y (whitened)")
+  reference.assert_mean_within(gram[:, d, d], N * (d + NOISE ** 2), "E y^T y (whitened)")
   mean_trace = 1.0 + 1.0 / kappa + (d - 2) * (1.0 - 1.0 / kappa) / math.log(kappa)
   mean_inv_trace = 1.0 + kappa + (d - 2) * (kappa - 1.0) / math.log(kappa)
-  _assert_mean(gram[:, :d, :d], N * mean_trace / d * np.eye(d), "E X^T X (random Sigma)")
-  _assert_mean(np.einsum("bi,bj->bij", w, w), mean_inv_trace / d * np.eye(d), "E w w^T")
+  reference.assert_mean_within(gram[:, :d, :d], N * mean_trace / d * np.eye(d), "E X^T X (random Sigma)")
+  reference.assert_mean_within(np.einsum("bi,bj->bij", w, w), mean_inv_trace / d * np.eye(d), "E w w^T")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -399,10 +390,10 @@ def test_sample_empirical_covariance_wishart_moments(n):
   s = _np(tasks.sample_empirical_covariance(jax.random.key(30), task, BATCH))
   assert s.shape == (BATCH, D, D)
   np.testing.assert_allclose(s, np.swapaxes(s, 1, 2), atol=1e-6)
-  _assert_mean(s, sigma, f"n={n} E[S]")
+  reference.assert_mean_within(s, sigma, f"n={n} E[S]")
   sbs = sigma @ SYM_B @ sigma
   expected = sbs + (sbs + np.trace(SYM_B @ sigma) * sigma) / n
-  _assert_mean(np.einsum("bij,jk,bkl->bil", s, SYM_B, s), expected, f"n={n} E[S B S]")
+  reference.assert_mean_within(np.einsum("bij,jk,bkl->bil", s, SYM_B, s), expected, f"n={n} E[S B S]")
   # Same law as S computed from the token sampler's X.
   x = _np(tasks.sample_tasks(jax.random.key(31), task, BATCH).x)
   s_tok = np.einsum("bni,bnj->bij", x, x) / n

@@ -22,7 +22,6 @@ lr halved every 500): at N = 20 0.061 on the test batch against the A-only model
 A-only optimum 0.132), the lower error on 69% of the prompts (tests/test_reproduce_ahn_curves.py).
 """
 
-from looped_icl import config_lib
 from looped_icl.configs import ahn_paper_model
 
 # The notebook's learning rate: 0.01, and 0.001 below N = 5 (its training cell's
@@ -50,9 +49,7 @@ def get_config(arg: str | None = None):
   config.train.resample_every = 1
   config.train.keep_checkpoints = 10   # the notebook keeps the best of the last 10 saved
   if arg == "quick":
-    config_lib.make_quick(config, steps=1500, batch_size=2000)
-    config.train.decay_every = 500
-    config.train.checkpoint_every = 100
+    ahn_paper_model.make_quick(config)
   elif arg:
     raise ValueError(f"config arg must be '' or 'quick', got {arg!r}")
   return config
