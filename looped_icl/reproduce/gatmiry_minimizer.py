@@ -23,14 +23,19 @@ Measured:
       bound_c, the fitted rate of measured_c in n, and the n the theorem needs for c < 1 against
       the smallest n of the sweep with measured_c < 1. At L = 1 the exact optimum is known:
       A_opt = n / (n + d + 1) Sigma^-1 (E[S~^2] = (1 + (d + 1) / n) I for whitened S~), so
-      c = (d + 1) / (n + d + 1). Not measured: u (the toolkit's looped family fixes P's last row,
-      so u_opt = 0 is assumed, not tested).
+      c = (d + 1) / (n + d + 1).
   (b) ``theorem_3_4``: Sigma = I, finite n. Random A = a I + r G (G a general Gaussian matrix,
       a and r uniform), kept in the sublevel set f(A) <= f(0) of gradient flow from A = 0 and
       with f - f* >= 1e-3 (f(0) - f*) ("not already tiny"; this region is our reading). f and
       grad f on one fixed importance-sampled set of S, f* its minimum over general A (solver).
       The ratios ||grad f||^2 / (f - f*)^p and ||grad f||^2 / f^p, p = (2L - 1)/L, with their
       minimum over the sample, against the paper's 1/16.
+
+  (c) ``u_block``: the u of Thm 3.2 (P's last row [u^T, 1], our reading of the summary;
+      :mod:`looped_icl.u_block`). The loss is L(A, u) = L(A, 0) + 2 b^T u + u^T H u with b = 0
+      by the w* -> -w* symmetry, so u_opt = 0 for every A (the derivation is in that module).
+      Per (L, n), at A_opt, on fresh tasks: b's largest |z|, H's smallest eigenvalue with its
+      standard error, and the sample's own u_opt = -H^-1 b with its largest |z|.
 
 Setting: d = 5, Sigma of ``configs/gatmiry_looped.py`` (rotated, spectrum (1, 1, 1/4, 1/16, 1)),
 w* ~ N(0, Sigma^-1), no noise; (b) at Sigma = I. S is sampled by Bartlett, so n = 10^6 costs as
@@ -66,6 +71,7 @@ from looped_icl import models
 from looped_icl import solver
 from looped_icl import tasks as tasks_lib
 from looped_icl import theory
+from looped_icl import u_block
 from looped_icl.reproduce import common
 
 CONFIG = "gatmiry_looped"
@@ -78,6 +84,9 @@ DOMINANCE = ((2, 20), (2, 80), (3, 20), (3, 80))
 QUICK_DOMINANCE = ((2, 20),)
 POINTS, QUICK_POINTS = 200, 40
 DOMINANCE_SAMPLES, QUICK_DOMINANCE_SAMPLES = 8000, 2000
+# (c): the u block at (L, n), on fresh tasks.
+U_POINTS, QUICK_U_POINTS = ((1, 20), (2, 20), (2, 80), (3, 20), (3, 80)), ((2, 20),)
+U_TASKS, QUICK_U_TASKS = 200_000, 20_000
 PAPER_MU = 1.0 / 16.0
 NOT_TINY = 1e-3
 
@@ -127,9 +136,11 @@ def _optimum(task, num_loops: int, samples, restarts: int, seed: int):
   return np.asarray(best.params["a"], np.float64), float(best.fun), cfg, scale
 
 
-def theorem_3_2_rows(cov, loops, ns, num_samples: int, restarts: int, key) -> list[dict]:
-  """One row per (L, n): measured_c (two independent fits), bound_c and the shape of A_opt."""
-  rows = []
+def theorem_3_2_rows(cov, loops, ns, num_samples: int, restarts: int, key
+                     ) -> tuple[list[dict], dict]:
+  """One row per (L, n): measured_c (two independent fits), bound_c and the shape of A_opt; and
+  the first fit's A_opt by (L, n)."""
+  rows, optima = [], {}
   d = np.asarray(cov).shape[0]
   start, total = time.perf_counter(), len(loops) * len(ns)
   for num_loops in loops:
@@ -147,6 +158,7 @@ def theorem_3_2_rows(cov, loops, ns, num_samples: int, restarts: int, key) -> li
         a_opt, _, _, scale = _optimum(task, num_loops, samples, restarts, seed=rep)
         fits.append(a_opt)
         iso.append(abs(scale - 1.0))
+      optima[(num_loops, n)] = fits[0]
       whitened = [_whitened(a, cov) for a in fits]
       cs = [_sandwich_c(w) for w in whitened]
       white = whitened[0]
@@ -159,6 +171,21 @@ def theorem_3_2_rows(cov, loops, ns, num_samples: int, restarts: int, key) -> li
           "whitened_dist_to_identity": float(theory.dist_to_identity(jnp.asarray(white))),
           "whitened_asymmetry": theory.asymmetry(white),
       })
+  return rows, optima
+
+
+def u_block_rows(cov, optima: dict, points, num_tasks: int, key) -> list[dict]:
+  """Per (L, n) in ``points``: the u block at (A_opt, u) on ``num_tasks`` fresh tasks
+  (:func:`looped_icl.u_block.u_optimum`): b's largest |z|, H's smallest eigenvalue with its
+  standard error, and the sample's u_opt."""
+  rows = []
+  for i, (num_loops, n) in enumerate(points):
+    batch = tasks_lib.sample_gram(jax.random.fold_in(key, i), _task(cov, n), num_tasks)
+    out = u_block.u_optimum(optima[(num_loops, n)], batch, num_loops)
+    rows.append({"L": num_loops, "n": n, "tasks": num_tasks,
+                 **{k: v for k, v in out.items() if k not in ("b", "b_stderr", "u_opt")},
+                 "h_min_eig": out["h_eigenvalues"][0], "u_opt": " ".join(
+                     f"{v:.3g}" for v in out["u_opt"])})
   return rows
 
 
@@ -245,8 +272,11 @@ def run(ctx: common.Context) -> dict:
   cov = np.asarray(exp.task.cov, np.float64)
   key = jax.random.key(exp.seed)
   with jax.enable_x64(True):
-    rows = theorem_3_2_rows(cov, loops, ns, QUICK_FIT_SAMPLES if quick else FIT_SAMPLES,
-                            QUICK_RESTARTS if quick else RESTARTS, jax.random.fold_in(key, 32))
+    rows, optima = theorem_3_2_rows(cov, loops, ns, QUICK_FIT_SAMPLES if quick else FIT_SAMPLES,
+                                    QUICK_RESTARTS if quick else RESTARTS,
+                                    jax.random.fold_in(key, 32))
+    u_rows = u_block_rows(cov, optima, QUICK_U_POINTS if quick else U_POINTS,
+                          QUICK_U_TASKS if quick else U_TASKS, jax.random.fold_in(key, 33))
     points, dominance = [], []
     for i, (num_loops, n) in enumerate(QUICK_DOMINANCE if quick else DOMINANCE):
       pts, summary = dominance_rows(
@@ -258,15 +288,18 @@ def run(ctx: common.Context) -> dict:
       dominance.append(summary)
   common.write_csv(ctx, "theorem_3_2.csv", rows)
   common.write_csv(ctx, "theorem_3_4.csv", points)
+  common.write_csv(ctx, "u_block.csv", u_rows)
   _figure(ctx, rows, points, loops)
   return {
       "paper_claim": "Thm 3.2: u_opt = 0 and (1 - c) Sigma^-1 <= A_opt <= (1 + c) Sigma^-1 with "
                      "c = 8 delta d^(1/(2L)), delta = (8 L d / sqrt n)^(1/(2L)); Thm 3.4: "
                      "||grad f||^2 >= (1/16) f^((2L-1)/L) when the loss is not tiny (Sigma = I)",
       "sources": "docs/gatmiry_2024_statements.md (secondary summary; the paper's text was not "
-                 "readable here); the region of (b) and u = 0 are our choices",
+                 "readable here); the region of (b) and the u block's form (P's last row "
+                 "[u^T, 1]) are our readings",
       "theorem_3_2": rows,
       "theorem_3_2_rates": rate_fits(rows, loops),
       "theorem_3_2_holds": all(r["measured_c"] <= r["bound_c"] for r in rows),
+      "u_block": u_rows,
       "theorem_3_4": dominance,
   }
