@@ -48,18 +48,6 @@ N = 20
 LABELS = ahn_curves.family_labels("L")
 
 
-def _figure(ctx: common.Context, rows: list[dict], curve: np.ndarray) -> str:
-  depths = [r["layers"] for r in rows]
-  series, population = ahn_paper_model.figure_series(rows, "layers", LABELS, "L")
-  return common.line_figure(ctx, "loss_vs_depth.png", [
-      common.Panel(series, "L (layers / steps)", "in-context loss", logy=True,
-                   title=f"loss vs L, N = {N} (test batch of {ahn_paper_model.TEST_TASKS})"),
-      common.Panel(population, "L (layers / steps)", "in-context loss", logy=True,
-                   title="population mean (tail index in the CSV), median prompt"),
-      common.training_panel(curve, depths, "L", "training of the A-only transformers")],
-      suptitle="Ahn et al. 2023, Fig 7: d = 5, rotated Sigma, w* ~ N(0, Sigma^-1)")
-
-
 def run(ctx: common.Context) -> dict:
   exp = ahn_curves.experiment(ctx)
   ns = (N,) * len(DEPTHS)
@@ -75,7 +63,11 @@ def run(ctx: common.Context) -> dict:
   common.write_csv(ctx, "training_curves.csv", [
       dict(step=int(c[0]), **{f"loss_L{v}": c[k + 1] for k, v in enumerate(DEPTHS)})
       for c in curve])
-  _figure(ctx, rows, curve)
+  ahn_paper_model.curves_figure(
+      ctx, "loss_vs_depth.png", rows, curve, x_key="layers", x_name="L", families=LABELS,
+      depth="L", xlabel="L (layers / steps)",
+      title=f"loss vs L, N = {N} (test batch of {ahn_paper_model.TEST_TASKS})",
+      suptitle="Ahn et al. 2023, Fig 7: d = 5, rotated Sigma, w* ~ N(0, Sigma^-1)")
   # Ahn Thm 1 at L = 1: A* = N/(N+d+1) Sigma^{-1}.
   a_star = np.asarray(theory.ahn_theorem1(np.asarray(exp.task.cov, np.float64), N,
                                           weight_prior=exp.task.weight_prior), np.float64)

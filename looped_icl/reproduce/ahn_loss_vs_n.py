@@ -46,21 +46,6 @@ LABELS = ahn_curves.family_labels(str(LAYERS))
 PAPER_CONFIG = "ahn_paper_model_vs_n"
 
 
-def _figure(ctx: common.Context, rows: list[dict], curve: np.ndarray, ns) -> str:
-  n = [r["n"] for r in rows]
-  series, population = ahn_paper_model.figure_series(rows, "n", LABELS, str(LAYERS))
-  # OLS is exactly 0 for N >= d: only its positive (N < d) values fit a log axis.
-  ols = [r["ols_exact"] if r["ols_exact"] > 0 else float("nan") for r in rows]
-  series.append(common.Series("OLS (0 for N >= d)", n, ols, style="s--"))
-  return common.line_figure(ctx, "loss_vs_n.png", [
-      common.Panel(series, "N (in-context examples)", "in-context loss", logy=True,
-                   title=f"loss vs N, L = 3 (test batch of {ahn_paper_model.TEST_TASKS})"),
-      common.Panel(population, "N (in-context examples)", "in-context loss", logy=True,
-                   title="population mean (tail index in the CSV), median prompt"),
-      common.training_panel(curve, ns, "N", "training of the A-only transformers")],
-      suptitle="Ahn et al. 2023, Fig 6: d = 5, rotated Sigma, w* ~ N(0, Sigma^-1)")
-
-
 def run(ctx: common.Context) -> dict:
   exp = ahn_curves.experiment(ctx)
   ns = QUICK_NS if ctx.quick else NS
@@ -76,7 +61,15 @@ def run(ctx: common.Context) -> dict:
   common.write_csv(ctx, "loss_vs_n.csv", rows)
   common.write_csv(ctx, "training_curves.csv", [
       dict(step=int(c[0]), **{f"loss_n{v}": c[k + 1] for k, v in enumerate(ns)}) for c in curve])
-  _figure(ctx, rows, curve, ns)
+  # OLS is exactly 0 for N >= d: only its positive (N < d) values fit a log axis.
+  ols = common.Series("OLS (0 for N >= d)", list(ns),
+                      [r["ols_exact"] if r["ols_exact"] > 0 else float("nan") for r in rows],
+                      style="s--")
+  ahn_paper_model.curves_figure(
+      ctx, "loss_vs_n.png", rows, curve, x_key="n", x_name="N", families=LABELS,
+      depth=str(LAYERS), xlabel="N (in-context examples)", extra=[ols],
+      title=f"loss vs N, L = 3 (test batch of {ahn_paper_model.TEST_TASKS})",
+      suptitle="Ahn et al. 2023, Fig 6: d = 5, rotated Sigma, w* ~ N(0, Sigma^-1)")
   ratio = [r["transformer_over_optimum"] for r in rows]
   at20 = next((r for r in rows if r["n"] == 20), None)
   results = {

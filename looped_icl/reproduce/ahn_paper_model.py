@@ -125,14 +125,16 @@ def short_labels(depth: str) -> dict[str, str]:
           "pgd": f"{depth}-step PGD (Sigma^-1)", "gd": f"{depth}-step GD"}
 
 
-def figure_series(rows: Sequence[dict], x_key: str, families: Sequence[str], depth: str
-                  ) -> tuple[list[common.Series], list[common.Series]]:
-  """The two loss panels' lines of a sweep against ``rows[k][x_key]``.
+def curves_figure(ctx: common.Context, filename: str, rows: Sequence[dict], curve: np.ndarray, *,
+                  x_key: str, x_name: str, families: Sequence[str], depth: str, xlabel: str,
+                  title: str, suptitle: str, extra: Sequence[common.Series] = ()) -> str:
+  """Figs 6 and 7: three panels against ``x_name`` = ``rows[k][x_key]``; returns the PNG's path.
 
-  First: the paper's measure (the test-batch mean, +- its standard error) for the two trained
-  models, next to the population losses of the other ``families`` (light-tailed: a test batch
-  reads the same). Second: the two trained models' population means (importance-sampled; the
-  paper model's is carried by rare prompts) and their median prompts.
+  First (``title``): the paper's measure (the test-batch mean, +- its standard error) for the
+  two trained models, next to the population losses of the other ``families`` (light-tailed: a
+  test batch reads the same) and the ``extra`` lines. Second: the two trained models' population
+  means (importance-sampled; the paper model's is carried by rare prompts) and their median
+  prompts. Third: the A-only models' training curves (``curve``, one column per row).
   """
   x = [r[x_key] for r in rows]
   short = short_labels(depth)
@@ -147,7 +149,12 @@ def figure_series(rows: Sequence[dict], x_key: str, families: Sequence[str], dep
   population += [common.Series(f"{short[name]}, median", x,
                                [r[f"{name}_test_median"] for r in rows], style="x--")
                  for name in TRAINED]
-  return measure, population
+  return common.line_figure(ctx, filename, [
+      common.Panel(measure + list(extra), xlabel, "in-context loss", logy=True, title=title),
+      common.Panel(population, xlabel, "in-context loss", logy=True,
+                   title="population mean (tail index in the CSV), median prompt"),
+      common.training_panel(curve, x, x_name, "training of the A-only transformers")],
+      suptitle=suptitle)
 
 
 def results_by(rows: Sequence[dict], x_key: str) -> dict:
