@@ -1,4 +1,5 @@
-"""Exact chi-square and Wishart draws: the randomness behind :func:`looped_icl.tasks.sample_gram`.
+"""Exact chi-square and Wishart draws: the randomness behind :func:`looped_icl.tasks.sample_gram`
+and :func:`looped_icl.tasks.sample_empirical_covariance`.
 
 * :func:`chi_square` draws chi^2 variates of many degrees of freedom at once (Marsaglia-Tsang
   rejection on the whole array).
@@ -70,9 +71,9 @@ def chi_square(key: jax.Array, dofs_K, batch_size: int) -> jax.Array:
 
 
 def chi_square_columns(key: jax.Array, n: int, d: int, batch_size: int, dtype, *,
-                         residual: bool = True) -> jax.Array:
-  """(B, d) chi-squares with dofs n, n-1, ..., n-d+1 (diag(A)^2), then with ``residual`` a
-  column with n-d (the residual sum of squares)."""
+                       residual: bool = True) -> jax.Array:
+  """Chi-squares with dofs n, n-1, ..., n-d+1 (diag(A)^2), then with ``residual`` a column with
+  n-d (the residual sum of squares): (B, d + 1), or (B, d) without ``residual``."""
   dofs = n - np.arange(d + 1 if residual else d)
   return chi_square(key, dofs.astype(dtype), batch_size)
 

@@ -296,6 +296,7 @@ def split_gram(gram: GramTasks):
 
 __all__ = [
     "TaskDistribution", "Tasks", "GramTasks", "make_task", "sample_tasks", "to_prompt", "to_gram",
-    "sample_gram", "sample_empirical_covariance", "uses_bartlett", "split_gram", "as_gram", "as_float64", "require_one_covariance",
+    "sample_gram", "sample_empirical_covariance", "uses_bartlett", "split_gram", "as_gram",
+    "as_float64", "require_one_covariance",
     "WEIGHT_PRIORS", "DESIGNS",
 ]

@@ -6,17 +6,19 @@ Q = [[A, 0], [0, 0]] and P = [[0, 0], [u^T, 1]], looped L times in the toolkit's
 Z <- Z - eta P Z M Z^T Q Z / n. At u = 0 it is the looped ``preconditioner`` family.
 
 Why u_opt = 0 (our derivation). P's top rows are 0, so the covariate rows of Z never change, and
-Q Z sees only them: the label row r follows r <- r - (eta / n) (u^T X + r) M X^T A X_all, which
-is affine in (r, u). So the prediction is affine in u, f(u) = f_0 + g^T u, where g does not
-depend on the labels, and the per-task squared error is a quadratic in u:
+Q Z sees only them: with X_all = [X^T, x_q] the covariate rows (d, n + 1), the label row r
+follows r <- r - (eta / n) (u^T X_all + r) M X_all^T A X_all, which is affine in (r, u). So the
+prediction is affine in u, f(u) = f_0 + g^T u, where g does not depend on the labels, and the
+per-task squared error is a quadratic in u:
 
   L(A, u) = L(A, 0) + 2 b^T u + u^T H u,   b = E[(f_0 - y_q) g],   H = E[g g^T].
 
 Under w* -> -w* (a symmetric prior, any noise symmetric too) every label flips sign, so f_0 - y_q
-flips and g does not: b = 0, and L(A, u) = L(A, 0) + u^T H u >= L(A, 0) for every A. Every global
-minimiser therefore has u_opt = 0 (the only one when H is positive definite): Theorem 3.2's u
-claim. :func:`u_optimum` measures each piece on a sample of tasks: the affine fit's residual,
-b with its standard errors, H's smallest eigenvalue, and the sample's own u_opt = -H^-1 b.
+flips and g does not: b = 0, and L(A, u) = L(A, 0) + u^T H u >= L(A, 0). So u = 0 minimises
+L(A, .) for every A, min L = min_A L(A, 0), and every global minimiser has u_opt in the null
+space of H(A_opt): u_opt = 0 exactly when H(A_opt) is positive definite, which
+:func:`u_optimum` measures (Theorem 3.2's u claim), with the other pieces: the affine fit's
+residual, b with its standard errors, and the sample's own minimiser -H^-1 b.
 """
 
 from __future__ import annotations
@@ -53,9 +55,9 @@ def flip_labels(batch: tasks_lib.GramTasks) -> tasks_lib.GramTasks:
   """The same tasks with w* -> -w* (and the noise negated): every label flips sign, so X^T y and
   y_q flip and y^T y does not."""
   d = batch.gram.shape[-1] - 1
-  sign = jnp.ones((d + 1, d + 1), batch.gram.dtype).at[:d, d].set(-1.0).at[d, :d].set(-1.0)
-  return tasks_lib.GramTasks(gram=batch.gram * sign[None], query=batch.query, y_query=-batch.y_query,
-                             w=-batch.w, n=batch.n)
+  gram = batch.gram.at[:, :d, d].multiply(-1).at[:, d, :d].multiply(-1)
+  return tasks_lib.GramTasks(gram=gram, query=batch.query, y_query=-batch.y_query, w=-batch.w,
+                             n=batch.n)
 
 
 def affine_parts(a_DxD, batch: tasks_lib.GramTasks, num_loops: int, eta: float = 1.0):
@@ -79,44 +81,52 @@ def u_optimum(a_DxD, batch: tasks_lib.GramTasks, num_loops: int, *, eta: float =
   Returns:
     affine_residual: max |f(u) - f_0 - g^T u| / max |f(u) - f_0| at a random unit-scale u (0 up
       to rounding: f is affine in u);
-    b, b_stderr, b_max_abs_z: b's entries, their standard errors and the largest |b_i| / SE_i
-      (0 in expectation by the w* -> -w* symmetry);
+    b, b_stderr, b_max_abs_z, b_tail_index: b's entries, their standard errors, the largest
+      |b_i| / SE_i (0 in expectation by the w* -> -w* symmetry), and the largest tail index of the
+      per-task terms (f_0 - y_q) g_i (the standard errors are reliable below 0.5);
+    b_scale: the mean of |f_0 - y_q| |g| (what b is small against);
     h_eigenvalues: H's eigenvalues, ascending (H = mean g g^T, positive semidefinite by
-      construction), and h_min_eig_tail_index: the tail index of (v^T g)^2 along the smallest
-      eigenvector v (its standard error is reliable below 0.5);
+      construction); h_min_eig_stderr and h_min_eig_tail_index: the standard error and tail index
+      of the smallest one, as the mean of (v^T g)^2 along its eigenvector v;
     u_opt, u_opt_norm, u_opt_max_abs_z: the sample's minimiser -H^-1 b and its largest |entry| /
       SE (the standard error of -H^-1 times a mean, with H held fixed);
     loss_at_zero, loss_gain_at_u_opt: L(A, 0) and L(A, 0) - L(A, u_opt) = b^T H^-1 b on this
       sample (what a nonzero u could gain here, sampling noise only if b = 0).
+
+  Raises ValueError if H is singular (e.g. A = 0, where f does not depend on u).
   """
   a_DxD = jnp.asarray(a_DxD)
   f0_B, g_BxD = affine_parts(a_DxD, batch, num_loops, eta)
   f0_B, g_BxD = np.asarray(f0_B, np.float64), np.asarray(g_BxD, np.float64)
-  u_probe = np.random.default_rng(probe_seed).standard_normal(g_BxD.shape[1])
-  shift_B = np.asarray(predictions(a_DxD, jnp.asarray(u_probe, a_DxD.dtype), batch, num_loops,
+  probe_D = np.random.default_rng(probe_seed).standard_normal(g_BxD.shape[1])
+  shift_B = np.asarray(predictions(a_DxD, jnp.asarray(probe_D, a_DxD.dtype), batch, num_loops,
                                    eta), np.float64) - f0_B
   residual_B = f0_B - np.asarray(batch.y_query, np.float64)
   b_terms_BxD = residual_B[:, None] * g_BxD
   b_D, b_se_D = estimators.mean_and_stderr(b_terms_BxD)
   h_DxD = g_BxD.T @ g_BxD / g_BxD.shape[0]
-  eigvals, eigvecs = np.linalg.eigh(h_DxD)
-  h_inv = np.linalg.inv(h_DxD)
-  u_terms_BxD = -b_terms_BxD @ h_inv.T
+  eig_D, eigvec_DxD = np.linalg.eigh(h_DxD)
+  if not eig_D[0] > 1e-12 * max(eig_D[-1], 1e-300):
+    raise ValueError(f"H = E[g g^T] must be positive definite to solve for u_opt, got smallest "
+                     f"eigenvalue {eig_D[0]:.3g} (largest {eig_D[-1]:.3g})")
+  u_terms_BxD = -np.linalg.solve(h_DxD, b_terms_BxD.T).T
   u_opt_D, u_se_D = estimators.mean_and_stderr(u_terms_BxD)
-  along_min = estimators.estimate((g_BxD @ eigvecs[:, 0]) ** 2)
+  along_min = estimators.estimate((g_BxD @ eigvec_DxD[:, 0]) ** 2)
   return {
-      "affine_residual": float(np.max(np.abs(shift_B - g_BxD @ u_probe))
+      "affine_residual": float(np.max(np.abs(shift_B - g_BxD @ probe_D))
                                / max(np.max(np.abs(shift_B)), 1e-300)),
       "b": np.asarray(b_D).tolist(), "b_stderr": np.asarray(b_se_D).tolist(),
       "b_max_abs_z": float(np.max(np.abs(b_D) / np.maximum(b_se_D, 1e-300))),
-      "h_eigenvalues": eigvals.tolist(),
+      "b_tail_index": max(estimators.pareto_tail_index(np.abs(t)) for t in b_terms_BxD.T),
+      "b_scale": float(np.mean(np.abs(residual_B) * np.linalg.norm(g_BxD, axis=1))),
+      "h_eigenvalues": eig_D.tolist(),
       "h_min_eig_stderr": along_min["stderr"],
       "h_min_eig_tail_index": along_min["tail_index"],
       "u_opt": np.asarray(u_opt_D).tolist(),
       "u_opt_norm": float(np.linalg.norm(u_opt_D)),
       "u_opt_max_abs_z": float(np.max(np.abs(u_opt_D) / np.maximum(u_se_D, 1e-300))),
       "loss_at_zero": float(np.mean(residual_B**2)),
-      "loss_gain_at_u_opt": float(b_D @ h_inv @ b_D),
+      "loss_gain_at_u_opt": float(b_D @ np.linalg.solve(h_DxD, b_D)),
   }
 
 

@@ -89,6 +89,7 @@ def test_u_opt_is_zero_at_the_optimum(results):
   for row in out["u_block"]:
     assert row["affine_residual"] < 1e-10, row
     assert row["b_max_abs_z"] < 4.0, row
+    assert row["b_tail_index"] < 0.5, row      # b's standard errors are reliable
     assert row["h_min_eig"] > 10 * row["h_min_eig_stderr"], row
     assert row["h_min_eig_tail_index"] < 0.5, row
     assert row["u_opt_max_abs_z"] < 4.0, row

@@ -371,8 +371,10 @@ def test_per_task_random_covariance():
   reference.assert_mean_within(gram[:, d, d], N * (d + NOISE ** 2), "E y^T y (whitened)")
   mean_trace = 1.0 + 1.0 / kappa + (d - 2) * (1.0 - 1.0 / kappa) / math.log(kappa)
   mean_inv_trace = 1.0 + kappa + (d - 2) * (kappa - 1.0) / math.log(kappa)
-  reference.assert_mean_within(gram[:, :d, :d], N * mean_trace / d * np.eye(d), "E X^T X (random Sigma)")
-  reference.assert_mean_within(np.einsum("bi,bj->bij", w, w), mean_inv_trace / d * np.eye(d), "E w w^T")
+  reference.assert_mean_within(gram[:, :d, :d], N * mean_trace / d * np.eye(d),
+                               "E X^T X (random Sigma)")
+  reference.assert_mean_within(np.einsum("bi,bj->bij", w, w), mean_inv_trace / d * np.eye(d),
+                               "E w w^T")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -393,7 +395,8 @@ def test_sample_empirical_covariance_wishart_moments(n):
   reference.assert_mean_within(s, sigma, f"n={n} E[S]")
   sbs = sigma @ SYM_B @ sigma
   expected = sbs + (sbs + np.trace(SYM_B @ sigma) * sigma) / n
-  reference.assert_mean_within(np.einsum("bij,jk,bkl->bil", s, SYM_B, s), expected, f"n={n} E[S B S]")
+  reference.assert_mean_within(np.einsum("bij,jk,bkl->bil", s, SYM_B, s), expected,
+                               f"n={n} E[S B S]")
   # Same law as S computed from the token sampler's X.
   x = _np(tasks.sample_tasks(jax.random.key(31), task, BATCH).x)
   s_tok = np.einsum("bni,bnj->bij", x, x) / n

@@ -56,13 +56,11 @@ PAPER_STEPS_L3 = (0.42, 0.69, 1.71)
 
 
 def family_labels(depth: str) -> dict[str, str]:
-  """The legend label of each family of :func:`evaluate_sweep` at ``depth`` layers
-  (a number, or "L" for a sweep over depth)."""
-  return {"paper_model": f"{depth}-layer paper model, B_l and A_l free (official recipe)",
-          "transformer": f"{depth}-layer transformer, A_l only (trained)",
-          "optimum": f"{depth}-layer optimum, A_l = c_l Sigma^-1 (solver)",
-          "general": "general-A solver (overfits its sample)",
-          "pgd": f"{depth}-step PGD, A = Sigma^-1", "gd": f"{depth}-step GD"}
+  """The legend label of each family of :func:`evaluate_sweep` (its keys are the families' names
+  in the rows and in results.json) at ``depth`` ("3", or "L" for a sweep over depth)."""
+  return {"paper_model": "paper model (B, A free)", "transformer": "A only, trained",
+          "optimum": "A only, optimum", "general": "general A, solver",
+          "pgd": f"{depth}-step PGD (Sigma^-1)", "gd": f"{depth}-step GD"}
 
 
 def experiment(ctx: common.Context) -> config_lib.Experiment:

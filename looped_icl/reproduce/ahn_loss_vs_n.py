@@ -44,6 +44,7 @@ QUICK_NS = (2, 4, 10, 20)
 LAYERS = 3
 LABELS = ahn_curves.family_labels(str(LAYERS))
 PAPER_CONFIG = "ahn_paper_model_vs_n"
+TEST_TASKS = 40000   # variable_N_exp's test batch (ahn_paper_model.TEST_TASKS is Fig 7's 20000)
 
 
 def run(ctx: common.Context) -> dict:
@@ -55,7 +56,8 @@ def run(ctx: common.Context) -> dict:
                                               learning_rate=paper_config.learning_rate)
   rows = ahn_curves.evaluate_sweep(exp, ns, depths, trained, general_solver=not ctx.quick,
                                    paper=paper)
-  held_out = ahn_paper_model.held_out_losses(exp, ns, depths, trained, paper)
+  held_out = ahn_paper_model.held_out_losses(exp, ns, depths, trained, paper,
+                                             num_tasks=TEST_TASKS)
   rows = [dict(r, **{k: v for k, v in t.items() if k not in r}, **o)
           for r, t, o in zip(rows, held_out, ahn_curves.ols_losses(exp, ns))]
   common.write_csv(ctx, "loss_vs_n.csv", rows)
@@ -66,9 +68,9 @@ def run(ctx: common.Context) -> dict:
                       [r["ols_exact"] if r["ols_exact"] > 0 else float("nan") for r in rows],
                       style="s--")
   ahn_paper_model.curves_figure(
-      ctx, "loss_vs_n.png", rows, curve, x_key="n", x_name="N", families=LABELS,
-      depth=str(LAYERS), xlabel="N (in-context examples)", extra=[ols],
-      title=f"loss vs N, L = 3 (test batch of {ahn_paper_model.TEST_TASKS})",
+      ctx, "loss_vs_n.png", rows, curve, x_key="n", x_name="N", labels=LABELS,
+      xlabel="N (in-context examples)", extra=[ols],
+      title=f"loss vs N, L = 3 (test batch of {TEST_TASKS})",
       suptitle="Ahn et al. 2023, Fig 6: d = 5, rotated Sigma, w* ~ N(0, Sigma^-1)")
   ratio = [r["transformer_over_optimum"] for r in rows]
   at20 = next((r for r in rows if r["n"] == 20), None)
@@ -76,7 +78,8 @@ def run(ctx: common.Context) -> dict:
       "paper_claim": "3-layer transformer < 3-step PGD < 3-step GD at every N (Fig 6, no numbers)",
       "ns": list(ns),
       "layers": LAYERS,
-      **{name: [r[name] for r in rows] for name in LABELS if name in rows[0]},
+      **{name: [r[name] for r in rows] for name in LABELS
+         if name in rows[0] and name != "paper_model"},   # paper_model: results_by below
       "ols_exact": [r["ols_exact"] for r in rows],
       "ols_mc": [r["ols_mc"] for r in rows],
       "transformer_over_optimum": ratio,

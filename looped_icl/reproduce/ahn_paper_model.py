@@ -1,18 +1,20 @@
-"""Ahn et al.'s loss curves with the paper's own model: training and the paper's measure.
+"""Ahn et al.'s loss curves (Figs 6 and 7) with the paper's own model: training, the paper's
+measure, and the figure.
 
 The official code (chengxiang/LinearTransformer, docs/ahn_2023_official_recipe.md) trains
 ``Transformer_F``, whose P and Q have free B_l and A_l blocks: our layered ``gdpp`` family, with
-the recipe of configs/ahn_paper_model.py and the best of the last saved iterates on a validation
-batch. :func:`ahn_paper_model.train_points` trains it at each point of a sweep;
-:func:`held_out_losses` measures it as the notebooks do (one test batch of fresh prompts), next
-to the A-only model of :mod:`ahn_curves` on the same prompts. Its population loss (heavy-tailed)
-is part of :func:`looped_icl.reproduce.ahn_curves.evaluate_sweep`.
+the recipe of configs/ahn_paper_model.py (Fig 7) or configs/ahn_paper_model_vs_n.py (Fig 6) and
+the best of the last saved iterates on a validation batch. :func:`train_points` trains it at each
+point of a sweep; :func:`held_out_losses` measures it as the notebooks do (one test batch of fresh
+prompts), next to the A-only model of :mod:`ahn_curves` on the same prompts. Its population loss
+(heavy-tailed) is part of :func:`looped_icl.reproduce.ahn_curves.evaluate_sweep`.
+:func:`curves_figure` and :func:`results_by` draw and report both figures' sweeps.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -66,14 +68,16 @@ def train_points(ctx: common.Context, exp: config_lib.Experiment, ns: Sequence[i
   return params, picks
 
 
-# The official notebooks' test batch: B = 20000 fresh prompts (seed 99), its mean squared error.
+# The official notebooks' test batch (seed 99), whose mean squared error they report: 20000 fresh
+# prompts in variable_L_exp (Fig 7), 40000 in variable_N_exp (Fig 6).
 TEST_TASKS = 20000
 
 
 def held_out_losses(exp: config_lib.Experiment, ns: Sequence[int], depths: Sequence[int],
-                      trained: Sequence[np.ndarray], paper: Sequence[dict]) -> list[dict]:
-  """The paper's own measure at each point: the mean squared error on one batch of
-  :data:`TEST_TASKS` fresh tasks, the paper model and the A-only model on the same tasks.
+                    trained: Sequence[np.ndarray], paper: Sequence[dict], *,
+                    num_tasks: int = TEST_TASKS) -> list[dict]:
+  """The paper's own measure at each point: the mean squared error on one batch of ``num_tasks``
+  fresh tasks, the paper model and the A-only model on the same tasks.
 
   The GD++ family's per-prompt loss is heavy-tailed (rare S make its covariate maps expansive):
   the batch mean is then a typical-prompt loss, far below the population mean that
@@ -86,7 +90,7 @@ def held_out_losses(exp: config_lib.Experiment, ns: Sequence[int], depths: Seque
   rows = []
   with jax.enable_x64(True):
     for k, (n, depth) in enumerate(zip(ns, depths)):
-      batch = tasks_lib.sample_gram(jax.random.fold_in(key, k), task64(exp, n), TEST_TASKS)
+      batch = tasks_lib.sample_gram(jax.random.fold_in(key, k), task64(exp, n), num_tasks)
       cfg = dataclasses.replace(exp.model, num_layers=depth)
       errors = {
           "paper_model": np.asarray(selection.squared_errors(
@@ -118,42 +122,37 @@ def held_out_losses(exp: config_lib.Experiment, ns: Sequence[int], depths: Seque
 TRAINED = ("paper_model", "transformer")
 
 
-def short_labels(depth: str) -> dict[str, str]:
-  """Short legend labels of the families at ``depth`` ("3", or "L" for a sweep over depth)."""
-  return {"paper_model": "paper model (B, A free)", "transformer": "A only, trained",
-          "optimum": "A only, optimum", "general": "general A, solver",
-          "pgd": f"{depth}-step PGD (Sigma^-1)", "gd": f"{depth}-step GD"}
-
-
 def curves_figure(ctx: common.Context, filename: str, rows: Sequence[dict], curve: np.ndarray, *,
-                  x_key: str, x_name: str, families: Sequence[str], depth: str, xlabel: str,
-                  title: str, suptitle: str, extra: Sequence[common.Series] = ()) -> str:
+                  x_key: str, x_name: str, labels: Mapping[str, str], xlabel: str, title: str,
+                  suptitle: str, extra: Sequence[common.Series] = ()) -> str:
   """Figs 6 and 7: three panels against ``x_name`` = ``rows[k][x_key]``; returns the PNG's path.
 
   First (``title``): the paper's measure (the test-batch mean, +- its standard error) for the
-  two trained models, next to the population losses of the other ``families`` (light-tailed: a
+  two trained models, next to the population losses of the other families in ``labels`` (family
+  -> legend label; light-tailed: a
   test batch reads the same) and the ``extra`` lines. Second: the two trained models' population
   means (importance-sampled; the paper model's is carried by rare prompts) and their median
   prompts. Third: the A-only models' training curves (``curve``, one column per row).
   """
   x = [r[x_key] for r in rows]
-  short = short_labels(depth)
-  measure = [common.Series(f"{short[name]}, test batch", x, [r[f"{name}_test"] for r in rows],
+  measure = [common.Series(f"{labels[name]}, test batch", x, [r[f"{name}_test"] for r in rows],
                            yerr=[r[f"{name}_test_stderr"] for r in rows], style="s-")
              for name in TRAINED]
-  measure += [common.Series(short[name], x, [r[name] for r in rows],
+  measure += [common.Series(labels[name], x, [r[name] for r in rows],
                             yerr=[r[f"{name}_stderr"] for r in rows], style="o:")
-              for name in families if name in rows[0] and name not in TRAINED]
-  population = [common.Series(f"{short[name]}, mean", x, [r[name] for r in rows],
+              for name in labels if name in rows[0] and name not in TRAINED]
+  population = [common.Series(f"{labels[name]}, mean", x, [r[name] for r in rows],
                               yerr=[r[f"{name}_stderr"] for r in rows]) for name in TRAINED]
-  population += [common.Series(f"{short[name]}, median", x,
+  population += [common.Series(f"{labels[name]}, median", x,
                                [r[f"{name}_test_median"] for r in rows], style="x--")
                  for name in TRAINED]
   return common.line_figure(ctx, filename, [
       common.Panel(measure + list(extra), xlabel, "in-context loss", logy=True, title=title),
       common.Panel(population, xlabel, "in-context loss", logy=True,
                    title="population mean (tail index in the CSV), median prompt"),
-      common.training_panel(curve, x, x_name, "training of the A-only transformers")],
+      common.Panel([common.Series(f"{x_name} = {v}", curve[:, 0], curve[:, k + 1], style="-")
+                    for k, v in enumerate(x)], "Adam step", "training loss (chunk mean)",
+                   logy=True, title="training of the A-only transformers")],
       suptitle=suptitle)
 
 

@@ -140,14 +140,6 @@ def line_figure(ctx: Context, filename: str, panels: Sequence[Panel], suptitle: 
   return plotting.save(fig, ctx.path(filename))
 
 
-def training_panel(curve: np.ndarray, values: Sequence, name: str, title: str) -> Panel:
-  """The training-loss curves of a sweep: ``curve[:, 0]`` holds the Adam step and column k + 1
-  the chunk-mean loss of the run with ``name = values[k]``."""
-  series = [Series(f"{name} = {v}", curve[:, 0], curve[:, k + 1], style="-")
-            for k, v in enumerate(values)]
-  return Panel(series, "Adam step", "training loss (chunk mean)", logy=True, title=title)
-
-
 def loop_panels(loop_rows: Sequence[Mapping], column: str) -> list[Panel]:
   """One panel per evaluation setting of test-time loop rows (:mod:`looped_icl.extrapolation`):
   ``column`` ('mean' or 'median') of every model against loops, finite values only."""
