@@ -17,7 +17,7 @@ Run (one point, N = 20; the reproduction trains every N):
   looped-icl reproduce --experiment=ahn_loss_vs_n --workdir=/tmp/looped_icl/ahn_vs_n
 Expected (full run, see README "Results", Fig 6 row): on a test batch of 20000 prompts the paper
 model lies below the A-only transformer at N = 20. It takes ~8 min per N on 2 cores (16 steps/s at
-B = 40000), ~90 min for the 11 N of the reproduction. Quick (``:quick``: 1500 steps of 2000 tasks,
+B = 40000), ~80 min for the 10 N of the reproduction. Quick (``:quick``: 1500 steps of 2000 tasks,
 lr halved every 500): at N = 20 0.061 on the test batch against the A-only model's 0.130 (the
 A-only optimum 0.132), the lower error on 69% of the prompts (tests/test_reproduce_ahn_curves.py).
 """
