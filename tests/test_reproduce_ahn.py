@@ -129,9 +129,13 @@ def test_gdpp_beats_gd_on_typical_tasks_and_optimum_on_average(gdpp):
   b_0, b_1 = results["solver_b"]
   assert abs(b_0 - 0.35) < 0.11
   assert abs(b_1 - 0.96) < 0.01
-  # ... and it is not the branch training found: the trained model's held-out mean is dominated
-  # by rare S (measured 7e2 and 9e6 on two samples, > 1e4 x the optimum's).
-  assert not results["trained_branch_is_optimum"]
+  # ... and it is not the branch training found: the trained B_0 (0.93-0.95) is 0.5 away from
+  # the optimum's, and the trained model's held-out mean is dominated by rare S (measured 7e2,
+  # 9e6 and 4e5 on three samples, > 1e4 x the optimum's). Told apart by the trained B itself, not
+  # by `trained_branch_is_optimum`: which minimum the solver polishes the trained scales to on the
+  # quick 5000-S search sample depends on the CPU's float32 rounding of the trained point (on an
+  # AMD EPYC it descended into the optimum's basin; full run, 10000 S: a distinct minimum).
+  assert results["trained_b"][0] - b_0 > 0.3
   assert held["trained"]["mean"] > 10 * held["optimum"]["mean"]
   # The eigenvalue reduction agrees with the library's exact loss on the same samples.
   np.testing.assert_allclose(results["solver_library_held_out_mean"], held["optimum"]["mean"],
