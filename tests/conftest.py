@@ -54,6 +54,7 @@ _LONGEST_FIRST = ("test_reproduce_gatmiry.py", "test_reproduce_gatmiry_section5.
                   "test_reproduce_ahn.py", "test_notebook.py", "test_reproduce_ood_symmetry.py",
                   "test_multihost.py", "test_sharding.py", "test_install.py",
                   "test_reproduce_chen.py", "test_reproduce_gatmiry_minimizer.py",
+                  "test_reproduce_ahn_gdpp_rotation.py",
                   "test_configs.py", "test_sweep.py", "test_train.py", "test_workdir.py",
                   "test_solver.py", "test_reproduce_common.py")
 

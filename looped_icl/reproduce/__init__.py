@@ -17,6 +17,7 @@ from looped_icl.reproduce import common
 EXPERIMENTS = {
     "ahn_fig1_2": "ahn_fig1_2",
     "ahn_gdpp": "ahn_gdpp",
+    "ahn_gdpp_rotation": "ahn_gdpp_rotation",
     "ahn_loss_vs_n": "ahn_loss_vs_n",
     "ahn_loss_vs_L": "ahn_loss_vs_depth",
     "gatmiry_loops": "gatmiry_loops",

@@ -101,10 +101,13 @@ def _proposal(task) -> estimators.Proposal:
   return estimators.default_proposal(task)
 
 
-def sample_eigenvalues(key, task, num: int) -> EigenSample:
-  """Eigenvalues of num weighted samples of S from the defensive proposal (float64 under
-  enable_x64; NumPy's batched eigh is faster on CPU than jnp's for many 5 x 5 matrices)."""
-  parts = [estimators.sample(k, task, size, _proposal(task)) for k, size in _chunks(key, num)]
+def sample_eigenvalues(key, task, num: int,
+                       proposal: estimators.Proposal | None = None) -> EigenSample:
+  """Eigenvalues of num weighted samples of S from ``proposal`` (default: the defensive one;
+  float64 under enable_x64; NumPy's batched eigh is faster on CPU than jnp's for many 5 x 5
+  matrices)."""
+  proposal = _proposal(task) if proposal is None else proposal
+  parts = [estimators.sample(k, task, size, proposal) for k, size in _chunks(key, num)]
   return EigenSample(
       eigs=jnp.asarray(np.concatenate([np.linalg.eigvalsh(np.asarray(p.s)) for p in parts])),
       weight=jnp.concatenate([p.weight for p in parts]),
