@@ -85,20 +85,24 @@ def test_writes_tables_figure_and_results(quick):
   assert results["test_batch"]["median"] < 0.01
 
 
-def test_the_papers_point_is_next_to_a_local_minimum_whose_mean_is_tail_dominated(quick):
+def test_the_papers_point_is_next_to_a_local_minimum_but_not_critical(quick):
   _, results = quick
   points = results["points"]
-  # The isotropic minimum the paper's point descends to (fit on 20000 importance-sampled S):
-  # B = (0.902, 0.568), whitened A = (0.367, 2.33, 9.34) measured, 1-4% from the paper's.
-  theta = np.asarray(points["nearest_minimum_to_paper"]["population"]["theta"])
+  # The local minimum of the exact population loss that the paper's point descends to:
+  # B = (0.878, 0.578), whitened A = (0.338, 2.09, 8.57) (exact, so the same in the full run),
+  # 2-11% from the paper's.
+  near = points["nearest_minimum_to_paper"]
+  theta = np.asarray(near["theta"])
   np.testing.assert_allclose(theta[3:], rotation.PAPER_B, atol=0.03)
-  np.testing.assert_allclose(theta[:3], rotation.PAPER_A, rtol=0.08)
+  np.testing.assert_allclose(theta[:3], rotation.PAPER_A, rtol=0.15)
+  assert near["critical"] and near["exact_max_abs_grad"] < 1e-8
+  # The paper's point itself is not critical: its exact gradient's largest entry is 4.8 (along
+  # a_0) and its exact loss 0.0479, 50x the minimum's 0.00096.
   paper = points["paper"]
-  # On plain draws (what training sees) the paper's rounded point is far from critical (max |z|
-  # 157 measured) ...
-  assert paper["plain"]["max_abs_z"] > 20
-  # ... and on importance-sampled S its population loss is carried by rare S (tail index 1.2
-  # measured, above the estimator's threshold): not critical as established.
-  assert paper["population"]["loss_tail_index"] > estimators.tail_threshold(
-      results["samples"]["held_out"])
-  assert not paper["population"]["critical"]
+  assert not paper["critical"] and paper["exact_max_abs_grad"] > 1
+  assert paper["exact_loss"] > 20 * near["exact_loss"]
+  # Neither estimator sees it: on plain draws (what training sees) the loss is 0.0007, 70x below
+  # the exact value, and on importance-sampled S the estimate is carried by rare S (tail index 1.2
+  # measured, above the estimator's threshold).
+  assert paper["plain"]["loss"] < 0.1 * paper["exact_loss"]
+  assert paper["population"]["loss_tail_index"] > estimators.tail_threshold(results["samples"])

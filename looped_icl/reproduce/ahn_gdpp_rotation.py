@@ -15,17 +15,16 @@ A~_l = Sigma^{1/2} A_l Sigma^{1/2}. So B_l = b_l I, A_l = a_l Sigma^{-1} is the 
 the rotated task in the tests). The loss is invariant under x~ -> U x~, so its gradient at an
 isotropic point is isotropic: the 2L - 1 scale derivatives are the whole gradient.
 
-Measured, on importance-sampled S (the defensive proposal of :mod:`looped_icl.estimators`, which
-weighs in the rare large-lambda_max S that carry the population mean) and on plain draws (what
-training sees):
+Measured:
 * the trained model: B_l, whitened A_l (tr / d and Dist to the nearest multiple of I), its
   test-batch loss (the notebook's measure) and log;
-* at the paper's point, at the trained point's isotropic projection, and at the local minimum each
-  of them descends to (trust-region Newton on a search sample, polished on a fit sample:
-  :func:`looped_icl.reproduce.ahn_gdpp.isotropic_minima`): the held-out population loss (value,
-  standard error, tail index) and its gradient in the scales with a standard error and z-score
-  per entry (``max_abs_z`` ~ N(0, 1)'s maximum at a critical point). A point is reported critical
-  when every |z| < 4 and the estimates are trusted (tail index below the threshold).
+* at the paper's point, at the trained point's isotropic projection, and at the local minimum of
+  the population loss each of them descends to: the **exact** population loss and its gradient
+  (:mod:`looped_icl.theory.gdpp_exact`: Wishart moments, no sampling; the minimum by BFGS on them),
+  and, beside them, what the Monte Carlo estimators make of the same quantities on importance-
+  sampled S (the defensive proposal of :mod:`looped_icl.estimators`) and on plain draws (what
+  training sees): value, standard error, tail index, and a z-score per gradient entry. A point is
+  critical when its exact gradient's largest entry is below ``CRITICAL_GRAD``.
 """
 
 from __future__ import annotations
@@ -42,16 +41,17 @@ from looped_icl import theory
 from looped_icl import train_step
 from looped_icl.reproduce import ahn_gdpp
 from looped_icl.reproduce import common
+from looped_icl.theory import gdpp_exact
 
 RUN = "ahn_gdpp_rotation"
 PAPER_B = ahn_gdpp.PAPER_B                   # (0.90, 0.56)
 PAPER_A = (0.38, 2.40, 9.6)                  # whitened, seed 0's last iterate (the image)
 PAPER_LOG_TEST_LOSS = -7.12                  # cell [6]: mean over seeds 0-2 of log test MSE
 TEST_TASKS = 20000                           # the notebook's test batch
-# Samples of S: search, fit (the local minima), held-out (every reported estimate).
-QUICK_SAMPLES = (5_000, 20_000, 200_000)
-FULL_SAMPLES = (10_000, 100_000, 2_000_000)
-CRITICAL_Z = 4.0
+# Samples of S for the Monte Carlo estimates (each kind of draw).
+QUICK_SAMPLES = 200_000
+FULL_SAMPLES = 2_000_000
+CRITICAL_GRAD = 1e-6   # the exact minimiser stops at 1e-10
 
 
 def whitened_task(task: tasks_lib.TaskDistribution) -> tasks_lib.TaskDistribution:
@@ -83,8 +83,7 @@ def isotropic_gradient(theta, sample: ahn_gdpp.EigenSample, num_layers: int) -> 
           "grad": grad, "grad_stderr": stderr, "z": z,
           "grad_tail_index": [e["tail_index"] for e in entries],
           "max_abs_z": float(np.max(np.abs(z))), "grad_norm": float(np.linalg.norm(grad)),
-          "trusted": trusted,
-          "critical": bool(trusted and np.max(np.abs(z)) < CRITICAL_Z)}
+          "trusted": trusted}
 
 
 def test_batch_loss(exp: config_lib.Experiment, params) -> dict:
@@ -108,14 +107,16 @@ def figure(ctx: common.Context, history, points: dict, trained: dict) -> str:
   a_series = [common.Series("paper (notebook, seed 0)", layers, PAPER_A, "x--"),
               common.Series("trained", layers, trained["a"], "o-")]
   for name in ("nearest_minimum_to_paper", "nearest_minimum_to_trained"):
-    theta = points[name]["population"]["theta"]
+    theta = points[name]["theta"]
     label = name.replace("_", " ")
     b_series.append(common.Series(label, layers[:-1], theta[len(layers):], "s:"))
     a_series.append(common.Series(label, layers, theta[:len(layers)], "s:"))
   names = list(points)
-  z_series = [common.Series(f"{kind} draws", list(range(len(names))),
-                            [points[n][kind]["max_abs_z"] for n in names], style)
-              for kind, style in (("population", "o"), ("plain", "^"))]
+  x = list(range(len(names)))
+  loss_series = [common.Series("exact", x, [points[n]["exact_loss"] for n in names], "kx")] + [
+      common.Series(f"{kind} draws (+- stderr)", x, [points[n][kind]["loss"] for n in names],
+                    style, yerr=[points[n][kind]["loss_stderr"] for n in names])
+      for kind, style in (("population", "o"), ("plain", "^"))]
   return common.line_figure(ctx, "ahn_gdpp_rotation.png", [
       common.Panel(b_series, "layer l", "tr(B_l)/d", title="covariate step B_l ~ b_l I"),
       common.Panel(a_series, "layer l", "whitened tr(A_l)/d", logy=True,
@@ -125,10 +126,8 @@ def figure(ctx: common.Context, history, points: dict, trained: dict) -> str:
                    "training step", "in-context loss", logy=True,
                    hlines={"paper: exp(-7.12)": float(np.exp(PAPER_LOG_TEST_LOSS)),
                            "test batch (mean)": trained["test"]["mean"]}, title="training"),
-      common.Panel(z_series, "point: 0 paper, 1 trained, 2 / 3 their nearest minima",
-                   "max |z| of the population gradient", logy=True,
-                   hlines={f"critical below {CRITICAL_Z:g}": CRITICAL_Z},
-                   title="is the point critical?"),
+      common.Panel(loss_series, "point: 0 paper, 1 trained, 2 / 3 their nearest minima",
+                   "population loss", logy=True, title="exact vs Monte Carlo estimates"),
   ], suptitle="Ahn et al. §5 GD++, the rotation notebook's recipe: L=3, d=5, N=20, rotated Sigma")
 
 
@@ -142,32 +141,37 @@ def run(ctx: common.Context) -> dict:
              "dist_a": np.asarray(theory.dist_to_identity(a_white), np.float64),
              "dist_b": np.asarray(theory.dist_to_identity(params["b"]), np.float64),
              "test": test_batch_loss(exp, params)}
-  num_search, num_fit, num_held = QUICK_SAMPLES if ctx.quick else FULL_SAMPLES
+  num_held = QUICK_SAMPLES if ctx.quick else FULL_SAMPLES
+  n, d = exp.task.n, exp.task.d
   key = jax.random.fold_in(jax.random.key(exp.seed), 7)
+  thetas = {"paper": np.concatenate([PAPER_A, PAPER_B]),
+            "trained": np.concatenate([trained["a"], trained["b"][:-1]])}
+  minima = {name: gdpp_exact.exact_minimum(thetas[name], n, d) for name in ("paper", "trained")}
+  thetas.update({f"nearest_minimum_to_{name}": m["theta"] for name, m in minima.items()})
   with jax.enable_x64(True):
     task = whitened_task(tasks_lib.as_float64(exp.task))
-    eigs_fit = ahn_gdpp.sample_eigenvalues(jax.random.fold_in(key, 0), task, num_fit)
-    eigs_search = jax.tree.map(lambda x: x[:num_search], eigs_fit)
     held = {"population": ahn_gdpp.sample_eigenvalues(jax.random.fold_in(key, 1), task, num_held),
             "plain": ahn_gdpp.sample_eigenvalues(jax.random.fold_in(key, 2), task, num_held,
                                                  estimators.PLAIN)}
-    thetas = {"paper": np.concatenate([PAPER_A, PAPER_B]),
-              "trained": np.concatenate([trained["a"], trained["b"][:-1]])}
-    for name in ("paper", "trained"):
-      minimum = ahn_gdpp.isotropic_minima(eigs_search, eigs_fit, [thetas[name]], num_layers)
-      thetas[f"nearest_minimum_to_{name}"] = minimum[0]["theta"]
-    points = {name: {kind: isotropic_gradient(theta, sample, num_layers)
-                     for kind, sample in held.items()} for name, theta in thetas.items()}
+    points = {}
+    for name, theta in thetas.items():
+      grad = gdpp_exact.exact_gradient(theta, n, d)
+      points[name] = {"theta": np.asarray(theta), "exact_loss": gdpp_exact.exact_loss(theta, n, d),
+                      "exact_grad": grad, "exact_max_abs_grad": float(np.max(np.abs(grad))),
+                      "critical": bool(np.max(np.abs(grad)) < CRITICAL_GRAD),
+                      **{kind: isotropic_gradient(theta, sample, num_layers)
+                         for kind, sample in held.items()}}
   rows = []
-  for name, by_kind in points.items():
-    for kind, p in by_kind.items():
-      row = {"point": name, "draws": kind}
-      row.update({f"a{l}": p["theta"][l] for l in range(num_layers)})
-      row.update({f"b{l}": p["theta"][num_layers + l] for l in range(num_layers - 1)})
-      row.update({k: p[k] for k in ("loss", "loss_stderr", "loss_tail_index", "max_abs_z",
-                                    "grad_norm", "trusted", "critical")})
-      row.update({f"z{k}": v for k, v in enumerate(p["z"])})
-      rows.append(row)
+  for name, p in points.items():
+    row = {"point": name}
+    row.update({f"a{l}": p["theta"][l] for l in range(num_layers)})
+    row.update({f"b{l}": p["theta"][num_layers + l] for l in range(num_layers - 1)})
+    row.update({k: p[k] for k in ("exact_loss", "exact_max_abs_grad", "critical")})
+    row.update({f"exact_grad{k}": v for k, v in enumerate(p["exact_grad"])})
+    for kind in held:
+      row.update({f"{kind}_{k}": p[kind][k] for k in ("loss", "loss_stderr", "loss_tail_index",
+                                                       "max_abs_z", "trusted")})
+    rows.append(row)
   common.write_csv(ctx, "ahn_gdpp_rotation_points.csv", rows)
   common.write_csv(ctx, "ahn_gdpp_rotation_layers.csv", [
       {"layer": l, "paper_a": PAPER_A[l], "trained_a": trained["a"][l],
@@ -183,5 +187,6 @@ def run(ctx: common.Context) -> dict:
       "trained_a": trained["a"], "trained_dist_a": trained["dist_a"],
       "test_batch": trained["test"],
       "points": points,
-      "samples": {"search": num_search, "fit": num_fit, "held_out": num_held},
+      "exact_minima": minima,
+      "samples": num_held,
   }

@@ -3,7 +3,8 @@
 One module per paper, plus the paper-independent metrics:
 
 * :mod:`~looped_icl.theory.ahn`: Ahn et al. 2023, the optimal single-layer preconditioner (Thm 1)
-  and the isotropic GD++ loss.
+  and the isotropic GD++ loss; :mod:`~looped_icl.theory.gdpp_exact`, that loss's exact
+  population value, gradient and local minima (Wishart moments, no sampling).
 * :mod:`~looped_icl.theory.gatmiry`: Gatmiry et al. 2024, the gradient-dominance exponent of
   looped models and the isotropic gradient flow.
 * :mod:`~looped_icl.theory.chen`, :mod:`~looped_icl.theory.chen_closed_form`: Chen et al. 2024,
