@@ -30,26 +30,6 @@ os.environ["XLA_FLAGS"] = " ".join(
 # of these sizes is the same code path.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-
-def _pin_xdist_worker() -> None:
-  """Each xdist worker (and the subprocesses it starts) on its own share of the cores.
-
-  XLA sizes its CPU thread pools from the cores this process may use; unpinned, two workers on two
-  cores each run a two-thread pool, and the pools' spinning and switching take CPU from the other
-  worker. Pinned, each worker's XLA runs one thread on its own core. Numbers are unchanged (the
-  golden tests of test_train_step.py, recorded unpinned, pass bit for bit on one core).
-  """
-  worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get(
-      "PYTEST_XDIST_WORKER_COUNT")
-  if not (worker and count and hasattr(os, "sched_setaffinity")):
-    return
-  cores, count = sorted(os.sched_getaffinity(0)), int(count)
-  if count > 1 and len(cores) >= count:
-    os.sched_setaffinity(0, cores[int(worker.removeprefix("gw")) % count::count])
-
-
-_pin_xdist_worker()
-
 import jax  # noqa: E402  (after the environment it reads)
 import pytest  # noqa: E402
 
