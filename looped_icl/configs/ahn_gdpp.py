@@ -11,9 +11,9 @@ Run:
   looped-icl reproduce --experiment=ahn_gdpp --workdir=/tmp/looped_icl/gdpp_repro
 Expected: summary.json's b_matrices close to multiples of I (Dist ~ 0.01), B_0 ~ 0.95 I and
 B_1 ~ 0.5-0.7 I as in the paper (0.90, 0.56); median per-S loss far below 3-step GD's, but a
-heavy-tailed mean (summary.json: population loss ~1e6, flagged). The lowest isotropic minimum is
-another branch (B_0 ~ 0.31-0.35 I, B_1 ~ 0.95 I) whose population loss is itself tail-dominated
-(0.08 +- 0.04 on 1M importance-sampled S, flagged); see looped_icl/reproduce/ahn_gdpp.py. Prefer
+heavy-tailed mean (summary.json: population loss ~1e6, flagged; exact 1.1e6). The lowest
+isotropic minimum is another branch: exactly (theory.gdpp_exact), B = (0.297, 0.948) I with
+population loss 0.0393 (3-step GD: 0.871); see looped_icl/reproduce/ahn_gdpp.py. Prefer
 the reproduction's isotropic solver to ``looped-icl solve`` for this loss. Trained with
 ``--config.train.population_proposal=defensive`` (the tail weighed in) the model lands on the
 optimum's branch instead (ours, not the paper's setting).

@@ -38,15 +38,17 @@ paper's gradient clipping on plainly sampled tasks (the paper's setting; the con
 ``train.population_proposal = "plain"``) reproduces B_0 ~ 0.9 I, B_1 ~ 0.5-0.7 I with
 Dist(B_l, I) ~ 0.01 and a median loss far below GD's; that branch's population mean is dominated
 by the tail. Every sample of S here is importance-weighted (defensive proposal,
-:mod:`looped_icl.estimators`), and the held-out statistics are weighted. Full run (2026-12-01,
-1M held-out S): trained B = (0.935, 0.669) I, mean 1.7e6 +- 0.8e6 (flagged: tail index 1.7, one
-sample 47% of the mean), median 0.0038; the best isotropic minimum B = (0.31, 0.95) I has
-held-out mean 0.084 +- 0.038, also flagged (one sample carries 45% of it), median 0.017; 3-step
-GD 0.8705 +- 0.0006 (trusted). So the optimum branch is lower than the trained one, but its
-population loss is NOT established: the plain-sample reading of earlier versions ("light-tailed,
-0.030-0.035 +- 0.003") missed its tail and is withdrawn. Trained on the importance-sampled
-objective (``--config.train.population_proposal=defensive``, ours) the same recipe lands on the
-optimum's branch instead of the paper's.
+:mod:`looped_icl.estimators`), and the held-out statistics are weighted. Because the sampled
+means are carried by that tail, every isotropic point is also given its **exact** population loss
+(:mod:`looped_icl.theory.gdpp_exact`, Wishart moments, no sampling), and the exact loss is
+minimised from the sample solver's best (``exact`` in results.json). Full run (2026-12-04, 1M
+held-out S): trained B = (0.935, 0.674) I (Dist 0.002 / 0.010), exact loss 1.1e6 (estimate
+1.8e6 +- 0.9e6, flagged), median 0.0039; the sample solver's best B = (0.31, 0.95) I, exact loss
+0.050 (estimate 0.084 +- 0.038, flagged); the exact loss's local minimum next to it,
+B = (0.297, 0.948) I, a = (0.539, 1.570, 11.78): exact loss **0.03926**, a critical point
+(gradient 1e-11); 3-step GD exact 0.87078 (estimate 0.8705 +- 0.0006, trusted). Trained on the
+importance-sampled objective (``--config.train.population_proposal=defensive``, ours) the same
+recipe lands on the optimum's branch instead of the paper's.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ from looped_icl import models
 from looped_icl import tasks as tasks_lib
 from looped_icl import theory
 from looped_icl.reproduce import common
+from looped_icl.theory import gdpp_exact
 
 PAPER_B = (0.90, 0.56)
 RUN = "ahn_gdpp"
@@ -198,10 +201,12 @@ def _ccdf(per_sample: np.ndarray, weight_S: np.ndarray, points: int = 400):
   return x[ranks - 1], tail[ranks - 1] / tail[-1]
 
 
-def figure(ctx, history, b_rows: dict, stats: dict, per_sample: dict, weight_S) -> str:
+def figure(ctx, history, b_rows: dict, stats: dict, per_sample: dict, weight_S,
+           exact_optimum_loss: float) -> str:
   layers = list(range(len(next(iter(b_rows.values())))))
   steps = [h["step"] for h in history]
-  styles = {"trained": "o-", "optimum": "s-", "trained-branch minimum": "^-", "paper": "x--"}
+  styles = {"trained": "o-", "optimum": "s-", "trained-branch minimum": "^-", "paper": "x--",
+            "exact optimum": "k*:"}
   return common.line_figure(ctx, "ahn_gdpp.png", [
       common.Panel([common.Series(name, layers, b, styles[name]) for name, b in b_rows.items()],
                    "layer l", "tr(B_l)/d", title="GD++ covariate step B_l ~ b_l I"),
@@ -209,7 +214,7 @@ def figure(ctx, history, b_rows: dict, stats: dict, per_sample: dict, weight_S) 
                                   [h["loss"] for h in history], "-")],
                    "training step", "in-context loss", logy=True,
                    title="training (means carry rare huge-loss S)",
-                   hlines={"optimum (held-out mean)": stats["optimum"]["mean"],
+                   hlines={"exact optimum (exact loss)": exact_optimum_loss,
                            "trained (held-out median)": stats["trained"]["median"],
                            "3-step GD (held-out mean)": stats["gd"]["mean"]}),
       common.Panel([common.Series(name, *_ccdf(v, weight_S), "-")
@@ -265,18 +270,24 @@ def run(ctx: common.Context) -> dict:
     gd_eta = summary["baselines"]["gd_eta"]
     # 3-step GD with step eta is isotropic GD++ with a_l = eta, b_l = 0.
     per_sample["3-step GD"] = isotropic_held([gd_eta] * num_layers, [0.0] * (num_layers - 1))
+  n = exp.task.n
+  # The exact loss's local minimum next to the sample solver's best (theory.gdpp_exact).
+  exact_min = gdpp_exact.exact_minimum(best["theta"], n, d)
   stats = {"trained": loss_stats(per_sample["trained"], eigs_held), "optimum": best["held_out"],
            "trained_branch": trained_branch["held_out"],
            "gd": loss_stats(per_sample["3-step GD"], eigs_held)}
 
   def row(name, a, b, held_out, fit=float("nan")):
-    out = {"model": name, "fit_loss": fit}
+    theta = np.concatenate([np.asarray(a)[:num_layers], np.asarray(b)[:num_layers - 1]])
+    out = {"model": name, "fit_loss": fit, "exact_loss": gdpp_exact.exact_loss(theta, n, d)}
     out.update({f"a{l}": a[l] for l in range(num_layers)})
     out.update({f"b{l}": b[l] for l in range(num_layers - 1)})
     out.update({f"held_out_{k}": v for k, v in held_out.items()})
     return out
 
   rows = [row("trained", trained_a, trained_b, stats["trained"]),
+          row("exact_optimum", exact_min["theta"][:num_layers], exact_min["theta"][num_layers:],
+              {}),
           row("gd_best_eta", [gd_eta] * num_layers, [0.0] * (num_layers - 1), stats["gd"])]
   for i, m in enumerate(minima):
     tags = [t for t, hit in (("optimum", m is best), ("trained_branch", m is trained_branch))
@@ -299,8 +310,9 @@ def run(ctx: common.Context) -> dict:
                             else float("nan")),
        "trained_branch_a": trained_branch["theta"][l]} for l in range(num_layers)])
   b_rows = {"trained": trained_b[:-1], "optimum": best["theta"][num_layers:],
+            "exact optimum": exact_min["theta"][num_layers:],
             "trained-branch minimum": trained_branch["theta"][num_layers:], "paper": PAPER_B}
-  figure(ctx, history, b_rows, stats, per_sample, np.asarray(eigs_held.weight))
+  figure(ctx, history, b_rows, stats, per_sample, np.asarray(eigs_held.weight), exact_min["loss"])
   return {
       "paper_b": list(PAPER_B),
       "trained_b": trained_b, "trained_dist_b": b_dist,
@@ -313,6 +325,13 @@ def run(ctx: common.Context) -> dict:
       "num_isotropic_minima": len(minima),
       "held_out": stats,
       "solver_fit_loss": best["fit_loss"],
+      # The exact population losses (theory.gdpp_exact: Wishart moments, no sampling) and the
+      # exact loss's local minimum next to the sample solver's best.
+      "exact": {"trained": gdpp_exact.exact_loss(trained_start, n, d),
+                "sample_optimum": gdpp_exact.exact_loss(best["theta"], n, d),
+                "gd": gdpp_exact.exact_loss([gd_eta] * num_layers + [0.0] * (num_layers - 1), n,
+                                            d),
+                "optimum": exact_min},
       "solver_library_held_out_mean": float(np.mean(np.asarray(eigs_held.weight)
                                                     * best_library)),
       "gd_eta": gd_eta,

@@ -25,6 +25,18 @@ Measured:
   sampled S (the defensive proposal of :mod:`looped_icl.estimators`) and on plain draws (what
   training sees): value, standard error, tail index, and a z-score per gradient entry. A point is
   critical when its exact gradient's largest entry is below ``CRITICAL_GRAD``.
+
+Full run (2026-12-04, seed 0, 100k steps in 21.7 min; evaluation 67 s, 2M samples of S per kind):
+trained B = 0.905 / 0.564 I, whitened A = 0.377 / 2.396 / 9.546 (Dist <= 0.04), log test loss
+-7.38, all within 1% of the paper's matrices. The trained point and the paper's are **not**
+critical points of the population loss: exact loss 0.0438 / 0.0479, exact gradient
+(4.41, 0.12, 0.009, 1.67, 0.35) at the trained point. Both descend to one local minimum,
+a = (0.338, 2.091, 8.568), B = (0.878, 0.578) I, exact loss 9.61e-4, 46x lower. The estimators do
+not see this: plain draws give the trained point 8.2e-4 +- 1.4e-4 (54x below the exact value) and
+a gradient within 1.0 standard error of 0, so it is stationary for what training sees; importance-
+sampled S give 0.12 +- 0.10 with one S carrying 85% (tail index 1.75). The typical prompt is what
+the clipped plain-sampled training fits, and the population mean is carried by rare S with a
+large lambda_max, where the covariate maps expand.
 """
 
 from __future__ import annotations
