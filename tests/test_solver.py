@@ -1,5 +1,7 @@
 """The population-optimum solver: recovers Ahn Thm 1 at L = 1, independent of its restarts."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -199,17 +201,12 @@ def test_float32_first_fit_reaches_the_float64_minima():
   starts on the same samples, each restart ends at the float64 fit's minimum to float32
   resolution (loss within 1e-5 relative, parameters within 1% of their scale, the merge rule of
   solve_population_optimum), and returns float64 params and values."""
-  config = config_lib.base_config()
-  config.task.covariance = "rotated"
-  config.task.spectrum = (1.0, 0.5, 0.25, 2.0)
-  config.task.d = 4
-  config.task.n = 12
-  config.model.num_layers = 3
-  exp = config_lib.from_config(config)
+  exp = _single_layer_experiment(samples=4000)
+  model = dataclasses.replace(exp.model, num_layers=3)
   with jax.enable_x64(True):
     task = tasks.as_float64(exp.task)
     samples = estimators.sample(jax.random.key(3), task, 4000, estimators.default_proposal(task))
-    fits = {f32: solver.minimize_population_loss(exp.model, task, samples, restarts=2,
+    fits = {f32: solver.minimize_population_loss(model, task, samples, restarts=2,
                                                  max_iters=200, float32=f32)[1]
             for f32 in (False, True)}
   for low, high in zip(fits[True], fits[False]):
